@@ -1,0 +1,25 @@
+# The two commands a new user needs: `make test` and `make demo`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+XDIST ?= -n 2
+
+.PHONY: test demo lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,hf]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu $(PY) -m pytest $(XDIST) tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check dsv4 scripts configs tests
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,115 @@
+"""V4 hybrid attention: shared-KV multi-query attention over a sliding window, plus compressed entries.
+
+Per layer kind (`compress_ratios[i]`): 0 = sliding window only; 4 = CSA (overlapping compressor + lightning
+indexer keeping `index_topk` entries per query); 128 = HCA (compressor, every closed entry visible).
+
+  q  = rope(rms(q_b(q_a_norm(q_a(x)))))     per-head unweighted RMSNorm, [B, T, H, hd]
+  kv = rope(kv_norm(kv_proj(x)))            one head, used as both K and V, [B, S, hd]
+  o  = softmax([q·kv_local ; q·kv_comp ; sink_h]) · [kv_local ; kv_comp]   (sink column dropped)
+  o  = rope⁻¹(o) at the query position, then grouped low-rank output: o_b(concat_g o_a_g(o_g))
+
+`attend` is written over explicit query/key positions and validity so the decode caches (fixed buffers plus
+lengths) reuse it unchanged; the whole-sequence forward passes positions 0..S−1.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dsv4.model.compressor import Compressor, compressed_visible
+from dsv4.model.config import ModelConfig
+from dsv4.model.indexer import Indexer
+from dsv4.model.layers import Linear, RMSNorm, param, rms_normalize
+from dsv4.model.rope import apply_rope, layer_inv_frequencies
+
+
+def attend(q_BTHK, kv_BSK, q_pos_BT, kv_pos_BS, kv_valid_BS, window: int, sinks_H, scale: float,
+           comp_BCK=None, comp_mask_BTC=None):
+  """Softmax attention with a learned per-head sink logit, in fp32. Returns [B, T, H, K] in q's dtype.
+
+  A local key s is visible to query t iff valid, kv_pos ≤ q_pos and kv_pos > q_pos − window.
+  """
+  q = q_BTHK.astype(jnp.float32)
+  local_BHTS = jnp.einsum("bthk,bsk->bhts", q, kv_BSK.astype(jnp.float32)) * scale
+  d = q_pos_BT[:, :, None] - kv_pos_BS[:, None, :]
+  local_mask_BTS = (d >= 0) & (d < window) & kv_valid_BS[:, None, :]
+  parts = [jnp.where(local_mask_BTS[:, None], local_BHTS, -jnp.inf)]
+  if comp_BCK is not None:
+    comp_BHTC = jnp.einsum("bthk,bck->bhtc", q, comp_BCK.astype(jnp.float32)) * scale
+    parts.append(jnp.where(comp_mask_BTC[:, None], comp_BHTC, -jnp.inf))
+  B, H, T = parts[0].shape[:3]
+  parts.append(jnp.broadcast_to(sinks_H.astype(jnp.float32)[None, :, None, None], (B, H, T, 1)))
+  probs = jax.nn.softmax(jnp.concatenate(parts, axis=-1), axis=-1)
+  S = kv_BSK.shape[1]
+  out = jnp.einsum("bhts,bsk->bthk", probs[..., :S], kv_BSK.astype(jnp.float32))
+  if comp_BCK is not None:
+    out = out + jnp.einsum("bhtc,bck->bthk", probs[..., S:-1], comp_BCK.astype(jnp.float32))
+  return out.astype(q_BTHK.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, ratio: int, *, rngs, dtype, param_dtype):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    H, hd = cfg.num_attention_heads, cfg.head_dim
+    self.num_heads, self.head_dim, self.window, self.ratio = H, hd, cfg.sliding_window, ratio
+    self.o_groups, self.eps = cfg.o_groups, cfg.rms_norm_eps
+    self.inv_freq = layer_inv_frequencies(cfg, compressed=ratio > 0)
+    self.q_a_proj = Linear(cfg.hidden_size, cfg.q_lora_rank, ("embed", "q_lora"), **kw)
+    self.q_a_norm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps)
+    self.q_b_proj = Linear(cfg.q_lora_rank, H * hd, ("q_lora", "heads"), **kw)
+    self.kv_proj = Linear(cfg.hidden_size, hd, ("embed", "kv"), **kw)
+    self.kv_norm = RMSNorm(hd, cfg.rms_norm_eps)
+    # Block-diagonal o_a: group g maps its (H/G)·hd inputs to o_lora_rank outputs.
+    self.o_a_proj = param(rngs, (cfg.o_groups, H * hd // cfg.o_groups, cfg.o_lora_rank), ("o_groups", "heads",
+                                                                                              "o_lora"), param_dtype)
+    self.o_b_proj = Linear(cfg.o_groups * cfg.o_lora_rank, cfg.hidden_size, ("o_lora", "embed"), **kw)
+    self.sinks = param(rngs, (H,), ("heads",), jnp.float32, init="zeros")
+    self.dtype = dtype
+    self.compressor = Compressor(cfg.hidden_size, hd, ratio, ratio == 4, cfg.rms_norm_eps, self.inv_freq,
+                                 **kw) if ratio else None
+    self.indexer = Indexer(cfg, ratio, self.inv_freq, **kw) if ratio == 4 else None
+
+  # --- pieces the decode cache reuses ------------------------------------------------------------
+  def queries(self, x_BTD, pos_BT):
+    """Rotated, per-head-normalised queries [B, T, H, hd] and the low-rank residual the indexer reads."""
+    B, T, _ = x_BTD.shape
+    q_residual = self.q_a_norm(self.q_a_proj(x_BTD))
+    q = self.q_b_proj(q_residual).reshape(B, T, self.num_heads, self.head_dim)
+    q = rms_normalize(q, self.eps).astype(q.dtype)
+    return apply_rope(q, pos_BT, self.inv_freq), q_residual
+
+  def keys(self, x_BTD, pos_BT):
+    """The single shared K=V head, normalised and rotated: [B, T, hd]."""
+    return apply_rope(self.kv_norm(self.kv_proj(x_BTD)), pos_BT, self.inv_freq)
+
+  def output(self, o_BTHK, pos_BT):
+    """De-rotate the RoPE slice (V carried it), then the grouped low-rank projection."""
+    B, T = o_BTHK.shape[:2]
+    o_BTHK = apply_rope(o_BTHK, pos_BT, self.inv_freq, inverse=True)
+    o_BTGI = o_BTHK.reshape(B, T, self.o_groups, -1)
+    mid_BTGR = jnp.einsum("btgi,gir->btgr", o_BTGI.astype(self.dtype), self.o_a_proj[...].astype(self.dtype))
+    return self.o_b_proj(mid_BTGR.reshape(B, T, -1))
+
+  # --- whole-sequence forward --------------------------------------------------------------------
+  def __call__(self, x_BTD, pos_BT=None):
+    B, T, _ = x_BTD.shape
+    if pos_BT is None:
+      pos_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
+    q_BTHK, q_residual = self.queries(x_BTD, pos_BT)
+    kv_BTK = self.keys(x_BTD, pos_BT)
+    comp_BCK = comp_mask = None
+    if self.compressor is not None and T >= self.ratio:
+      comp_BCK = self.compressor(x_BTD)
+      if self.indexer is not None:
+        index_keys = self.indexer.compressor(x_BTD)
+        scores = self.indexer.scores(x_BTD, q_residual, pos_BT, index_keys)
+        comp_mask = self.indexer.select(scores, pos_BT)
+      else:
+        comp_mask = compressed_visible(pos_BT, comp_BCK.shape[1], self.ratio)
+    o = attend(q_BTHK, kv_BTK, pos_BT, pos_BT, jnp.ones((B, T), bool), self.window, self.sinks[...],
+               self.head_dim**-0.5, comp_BCK, comp_mask)
+    return self.output(o, pos_BT)
+

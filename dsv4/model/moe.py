@@ -1,0 +1,105 @@
+"""DeepSeekMoE as V4 uses it: routed experts chosen per token plus always-on shared experts.
+
+Routing (fp32): scores = score_fn(x · W_router) with score_fn ∈ {sqrtsoftplus, sigmoid, softmax};
+learned layers pick top-k of (scores + balancing bias), hash layers take k experts from a frozen
+token-id table. Weights are the *uncorrected* scores of the picked experts, renormalised and times
+`routed_scaling_factor`. The bias and the hash table are non-trainable state (FrozenState).
+
+Experts are clamped SwiGLUs. Two interchangeable paths: dropless grouped matmuls (sort by expert,
+`jax.lax.ragged_dot`) and a dense reference that runs every expert on every token (tests only).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dsv4.model.config import ModelConfig
+from dsv4.model.layers import FrozenState, SwiGLU, clamped_swiglu, param
+
+
+def default_hash_table(vocab_size: int, n_experts: int, k: int) -> np.ndarray:
+  """A fixed token → k distinct experts table: a multiplicative hash picks the first, the rest stride by E//k."""
+  tid = np.arange(vocab_size, dtype=np.uint64)
+  first = (tid * np.uint64(2654435761)) % np.uint64(n_experts)
+  step = max(n_experts // k, 1)
+  table = (first[:, None] + np.arange(k, dtype=np.uint64)[None, :] * np.uint64(step)) % np.uint64(n_experts)
+  return table.astype(np.int32)
+
+
+def score_fn(name: str, logits):
+  if name == "sqrtsoftplus":
+    return jnp.sqrt(jax.nn.softplus(logits))
+  if name == "sigmoid":
+    return jax.nn.sigmoid(logits)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+class MoE(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, is_hash: bool, *, rngs, dtype, param_dtype):
+    D, E, I = cfg.hidden_size, cfg.n_routed_experts, cfg.moe_intermediate_size
+    self.n_experts, self.top_k, self.is_hash = E, cfg.num_experts_per_tok, is_hash
+    self.scoring, self.scaling, self.limit = cfg.scoring_func, cfg.routed_scaling_factor, cfg.swiglu_limit
+    self.impl, self.dtype = cfg.moe_impl, dtype
+    self.router = param(rngs, (D, E), ("embed", None), jnp.float32)
+    if is_hash:
+      self.tid2eid = FrozenState(jnp.asarray(default_hash_table(cfg.vocab_size, E, self.top_k)),
+                                 out_sharding=("vocab", None), eager_sharding=False)
+    else:
+      self.bias = FrozenState(jnp.zeros((E,), jnp.float32), out_sharding=(None,), eager_sharding=False)
+    self.w_gate = param(rngs, (E, D, I), ("exp", "embed", "mlp"), param_dtype)
+    self.w_up = param(rngs, (E, D, I), ("exp", "embed", "mlp"), param_dtype)
+    self.w_down = param(rngs, (E, I, D), ("exp", "mlp", "embed"), param_dtype)
+    self.shared = SwiGLU(D, I * cfg.n_shared_experts, cfg.swiglu_limit, rngs=rngs, dtype=dtype,
+                         param_dtype=param_dtype) if cfg.n_shared_experts else None
+
+  def route(self, x_TD, ids_T=None):
+    """Returns (weights [T, k] fp32, expert ids [T, k] int32, scores [T, E] fp32)."""
+    logits_TE = jnp.dot(x_TD.astype(jnp.float32), self.router[...].astype(jnp.float32))
+    scores_TE = score_fn(self.scoring, logits_TE)
+    if self.is_hash:
+      if ids_T is None:
+        raise ValueError("hash-routed MoE layer needs the input token ids")
+      idx_TK = self.tid2eid[...][ids_T]
+    else:
+      _, idx_TK = jax.lax.top_k(scores_TE + self.bias[...], self.top_k)
+    w_TK = jnp.take_along_axis(scores_TE, idx_TK, axis=-1)
+    w_TK = w_TK / (jnp.sum(w_TK, axis=-1, keepdims=True) + 1e-20) * self.scaling
+    return w_TK, idx_TK.astype(jnp.int32), scores_TE
+
+  def experts_ragged(self, x_TD, w_TK, idx_TK):
+    """Dropless: sort the T·k assignments by expert, two grouped matmuls, unsort, weight and sum."""
+    T, K = idx_TK.shape
+    flat_e = idx_TK.reshape(-1)
+    order = jnp.argsort(flat_e, stable=True)
+    x_sorted = x_TD[order // K].astype(self.dtype)
+    group_sizes = jnp.bincount(flat_e, length=self.n_experts).astype(jnp.int32)
+    gate = jax.lax.ragged_dot(x_sorted, self.w_gate[...].astype(self.dtype), group_sizes)
+    up = jax.lax.ragged_dot(x_sorted, self.w_up[...].astype(self.dtype), group_sizes)
+    h = clamped_swiglu(gate, up, self.limit)
+    y_sorted = jax.lax.ragged_dot(h, self.w_down[...].astype(self.dtype), group_sizes)
+    y_TKD = jnp.zeros_like(y_sorted).at[order].set(y_sorted).reshape(T, K, -1)
+    return jnp.einsum("tkd,tk->td", y_TKD.astype(jnp.float32), w_TK).astype(self.dtype)
+
+  def experts_dense(self, x_TD, w_TK, idx_TK):
+    """Reference: every expert on every token, combined with a [T, E] weight matrix (zeros off the top-k)."""
+    x = x_TD.astype(self.dtype)
+    gate = jnp.einsum("td,edi->tei", x, self.w_gate[...].astype(self.dtype))
+    up = jnp.einsum("td,edi->tei", x, self.w_up[...].astype(self.dtype))
+    y_TED = jnp.einsum("tei,eid->ted", clamped_swiglu(gate, up, self.limit), self.w_down[...].astype(self.dtype))
+    combine_TE = jnp.sum(jax.nn.one_hot(idx_TK, self.n_experts, dtype=jnp.float32) * w_TK[..., None], axis=1)
+    return jnp.einsum("ted,te->td", y_TED.astype(jnp.float32), combine_TE).astype(self.dtype)
+
+  def __call__(self, x_BTD, ids_BT=None, impl: str | None = None):
+    """Returns (output [B, T, D], expert ids [B, T, k]) — the ids feed load statistics and the bias update."""
+    B, T, D = x_BTD.shape
+    x_TD = x_BTD.reshape(B * T, D)
+    w_TK, idx_TK, _ = self.route(x_TD, None if ids_BT is None else ids_BT.reshape(-1))
+    experts = self.experts_dense if (impl or self.impl) == "dense" else self.experts_ragged
+    y = experts(x_TD, w_TK, idx_TK).reshape(B, T, D)
+    if self.shared is not None:
+      y = y + self.shared(x_BTD)
+    return y, idx_TK.reshape(B, T, -1)
