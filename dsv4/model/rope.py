@@ -37,11 +37,13 @@ def inv_frequencies(rope_dim: int, theta: float, yarn: YarnConfig | None = None)
   return (inv_interp * (1 - extrap_weight) + inv_extrap * extrap_weight).astype(np.float32)
 
 
-def layer_inv_frequencies(cfg: ModelConfig, compressed: bool, rope_dim: int | None = None) -> np.ndarray:
-  rope_dim = rope_dim or cfg.qk_rope_head_dim
+def layer_inv_frequencies(cfg: ModelConfig, compressed: bool) -> tuple[float, ...]:
+  """The table a layer kind uses, as a tuple so modules keep it as static (hashable, not a parameter)."""
   if compressed:
-    return inv_frequencies(rope_dim, cfg.compress_rope_theta, cfg.yarn)
-  return inv_frequencies(rope_dim, cfg.rope_theta, None)
+    table = inv_frequencies(cfg.qk_rope_head_dim, cfg.compress_rope_theta, cfg.yarn)
+  else:
+    table = inv_frequencies(cfg.qk_rope_head_dim, cfg.rope_theta, None)
+  return tuple(float(f) for f in table)
 
 
 def apply_rope(x_BTHD, positions_BT, inv_freq, inverse: bool = False):
@@ -50,8 +52,9 @@ def apply_rope(x_BTHD, positions_BT, inv_freq, inverse: bool = False):
   x: [..., T, H, D] with positions [..., T] (heads axis present) or [..., T, D] with positions [..., T]
   when `x.ndim == positions.ndim + 1`. `inverse` rotates by −angle (V4 de-rotates the attention output).
   """
+  inv_freq = np.asarray(inv_freq, np.float32)
   rope_dim = 2 * inv_freq.shape[0]
-  angles = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)  # [..., T, R/2]
+  angles = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [..., T, R/2]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
   if inverse:
     sin = -sin
