@@ -1,0 +1,43 @@
+"""Convert a transformers-format model directory to a dsv4 (orbax) checkpoint, or back with --to-hf.
+
+  python scripts/convert_checkpoint.py --src hf_dir --dst runs/ckpt            # HF → dsv4
+  python scripts/convert_checkpoint.py --src runs/ckpt --dst hf_out --to-hf    # dsv4 → HF
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dsv4.io.checkpoint import load_model, save_model  # noqa: E402
+from dsv4.io.hf import from_pretrained, save_pretrained  # noqa: E402
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--src", required=True, help="source directory")
+  p.add_argument("--dst", required=True, help="destination directory (must not exist unless --overwrite)")
+  p.add_argument("--to-hf", action="store_true", help="dsv4 checkpoint → transformers format")
+  p.add_argument("--overwrite", action="store_true")
+  args = p.parse_args(argv)
+  src, dst = Path(args.src), Path(args.dst)
+  if not src.exists():
+    p.error(f"--src {src}: does not exist")
+  if dst.exists() and not args.overwrite:
+    p.error(f"--dst {dst}: exists; pass --overwrite to replace it")
+  t0 = time.time()
+  if args.to_hf:
+    model = load_model(src)
+    save_pretrained(model, dst, overwrite=args.overwrite)
+  else:
+    model = from_pretrained(src)
+    save_model(model, dst, overwrite=args.overwrite)
+  print(json.dumps({"src": str(src), "dst": str(dst), "direction": "dsv4->hf" if args.to_hf else "hf->dsv4",
+                    "num_hidden_layers": model.config.num_hidden_layers, "seconds": round(time.time() - t0, 2)}))
+
+
+if __name__ == "__main__":
+  main()
