@@ -35,7 +35,11 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)
   sys.modules[name] = module  # dataclasses and pickling look modules up by name
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except BaseException:
+    del sys.modules[name]
+    raise
   get_config = getattr(module, "get_config", None)
   if not callable(get_config):
     raise ConfigError(f"config file {path!r} defines no get_config(arg=None) function.")

@@ -36,9 +36,11 @@ class HyperConnection(nnx.Module):
     comb_logits = mix[..., 2 * N:].reshape(B, T, N, N) * scale[2] + base[2 * N:].reshape(N, N)
     comb = jax.nn.softmax(comb_logits, axis=-1) + self.hc_eps
     comb = comb / (jnp.sum(comb, axis=-2, keepdims=True) + self.hc_eps)
-    for _ in range(self.iters - 1):
-      comb = comb / (jnp.sum(comb, axis=-1, keepdims=True) + self.hc_eps)
-      comb = comb / (jnp.sum(comb, axis=-2, keepdims=True) + self.hc_eps)
+    def sinkhorn_step(_, c):  # rows, then columns; a loop (not unrolled) keeps compile time small
+      c = c / (jnp.sum(c, axis=-1, keepdims=True) + self.hc_eps)
+      return c / (jnp.sum(c, axis=-2, keepdims=True) + self.hc_eps)
+
+    comb = jax.lax.fori_loop(0, self.iters - 1, sinkhorn_step, comb)
     return pre, post, comb
 
   def collapse(self, streams_BTND, pre_BTN):

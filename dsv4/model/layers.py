@@ -19,7 +19,23 @@ class FrozenState(nnx.Variable):
   """Non-trainable model state (router balancing bias, hash tables): the optimizer never sees it."""
 
 
-def param(rngs: nnx.Rngs | None, shape, axes, dtype=jnp.float32, init: str = "normal", std: float = 0.02):
+class KeySeq:
+  """Parameter keys as fold_in(base, i) with a Python counter.
+
+  Drawing every key from nnx.Rngs mutates its counter variable; under a trace (eval_shape, a sharded jit init)
+  each mutation re-inspects the growing trace, which made building V4-Pro abstractly take minutes. Modules only
+  call `.params()`, so this is a drop-in for them.
+  """
+
+  def __init__(self, key):
+    self.key, self.count = key, 0
+
+  def params(self):
+    self.count += 1
+    return jax.random.fold_in(self.key, self.count)
+
+
+def param(rngs: nnx.Rngs | KeySeq | None, shape, axes, dtype=jnp.float32, init: str = "normal", std: float = 0.02):
   """A parameter with logical `axes`; `init` is normal(std) | zeros | ones."""
   assert len(axes) == len(shape), (shape, axes)
   if init == "normal":

@@ -16,7 +16,7 @@ from flax import nnx
 from dsv4.model.block import Block
 from dsv4.model.config import ModelConfig
 from dsv4.model.hyper import HyperHead
-from dsv4.model.layers import DTYPES, RMSNorm, param
+from dsv4.model.layers import DTYPES, KeySeq, RMSNorm, param
 from dsv4.model.mtp import MTPModule
 
 
@@ -36,6 +36,7 @@ class Transformer(nnx.Module):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
     dtype, param_dtype = DTYPES[config.dtype], DTYPES[config.param_dtype]
+    rngs = KeySeq(rngs.params())
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     D = config.hidden_size
     self.embed = param(rngs, (config.vocab_size, D), ("vocab", "embed"), param_dtype)
@@ -95,3 +96,17 @@ class Transformer(nnx.Module):
   def __call__(self, input_ids_BT):
     """float32 logits [B, S, V] for int32 token ids [B, S]."""
     return self.forward(input_ids_BT).logits_BTV
+
+
+def jit_forward(model: Transformer, **forward_kwargs):
+  """A jitted `ids -> TargetOutput` over the model's current state (split once, merged inside the trace).
+
+  The hot-path pattern: plain `jax.jit` of a pure function of the state, not `nnx.jit`.
+  """
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def run(state, ids_BT):
+    return nnx.merge(graphdef, state).forward(ids_BT, **forward_kwargs)
+
+  return lambda ids_BT: run(state, ids_BT)
