@@ -69,4 +69,6 @@ def test_bf16_compute_tracks_fp32(ids):
   bf16 = Transformer(CFG.replace(dtype="bfloat16"), rngs=nnx.Rngs(1))
   a, b = np.asarray(jit_forward(fp32)(ids).logits_BTV), np.asarray(jit_forward(bf16)(ids).logits_BTV)
   assert b.dtype == np.float32 and np.isfinite(b).all()
-  assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
+  # A relative norm, not a max: bf16 rounding can flip a near-tied expert choice for a few tokens, which moves
+  # those logits by more than rounding does elsewhere. Per-op bf16 error is ~0.4%; we measure ~0.9% here.
+  assert np.linalg.norm(a - b) < 0.02 * np.linalg.norm(a)
