@@ -42,7 +42,7 @@ def read_config(path: str | os.PathLike, **overrides) -> ModelConfig:
 
 def check_tensors(specs: list[names_lib.Spec], found: dict[str, tuple[int, ...]], where: str) -> None:
   """One error listing every missing, unexpected and mis-shaped tensor."""
-  expected = {n: s for spec in specs for n, s in zip(spec.names, spec.native_shapes)}
+  expected = {n: s for spec in specs for n, s in zip(spec.names, spec.native_shapes, strict=True)}
   missing = sorted(set(expected) - set(found))
   unexpected = sorted(set(found) - set(expected))
   misshaped = sorted(f"{n}: checkpoint {found[n]} vs model {expected[n]}" for n in set(expected) & set(found)
@@ -95,7 +95,7 @@ def native_tensors(model: Transformer) -> dict[str, np.ndarray]:
   out = {}
   for spec in names_lib.specs(model.config):
     arrays = spec.to_native(np.asarray(state[spec.path][...]))
-    out.update(zip(spec.names, arrays))
+    out.update(zip(spec.names, arrays, strict=True))
   return out
 
 

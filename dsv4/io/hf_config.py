@@ -74,8 +74,8 @@ def from_hf_dict(d: dict[str, Any], path: str = "config.json", **overrides) -> M
       _err(path, "rope_parameters.compress.attention_factor", "must be 1.0 (V4 does not rescale cos/sin).")
     out["yarn"] = YarnConfig(factor=float(yarn_src["factor"]),
                              original_max_position_embeddings=int(yarn_src["original_max_position_embeddings"]),
-                             beta_fast=float(yarn_src.get("beta_fast") or 32), beta_slow=float(yarn_src.get("beta_slow")
-                                                                                                 or 1))
+                             beta_fast=float(yarn_src.get("beta_fast") or 32),
+                             beta_slow=float(yarn_src.get("beta_slow") or 1))
   else:
     out["yarn"] = None
   if d.get("n_shared_experts", 1) != 1:
@@ -93,7 +93,8 @@ def to_hf_dict(c: ModelConfig) -> dict[str, Any]:
               "partial_rotary_factor": c.qk_rope_head_dim / c.head_dim}
   if c.yarn is not None:
     compress.update(rope_type="yarn", factor=c.yarn.factor, attention_factor=1.0, beta_fast=c.yarn.beta_fast,
-                    beta_slow=c.yarn.beta_slow, original_max_position_embeddings=c.yarn.original_max_position_embeddings)
+                    beta_slow=c.yarn.beta_slow,
+                    original_max_position_embeddings=c.yarn.original_max_position_embeddings)
   d = {k: getattr(c, k) for k in _COPIED}
   d.update(
       architectures=["DeepseekV4ForCausalLM"], model_type="deepseek_v4", eos_token_id=c.eos_token_id,

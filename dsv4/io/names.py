@@ -130,7 +130,7 @@ def specs(cfg: ModelConfig) -> list[Spec]:
   b = _Builder()
   V, D = cfg.vocab_size, cfg.hidden_size
   b.same(("embed",), "embed.weight", (V, D))
-  for i, (ratio, is_hash) in enumerate(zip(cfg.compress_ratios, cfg.is_hash_layer)):
+  for i, (ratio, is_hash) in enumerate(zip(cfg.compress_ratios, cfg.is_hash_layer, strict=True)):
     _block(b, ("layers", i), f"layers.{i}.", cfg, ratio, is_hash)
   _hc_head(b, (), "", cfg)
   b.same(("norm", "weight"), "norm.weight", (D,))

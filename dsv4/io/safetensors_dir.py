@@ -87,10 +87,10 @@ def write_shards(tensors: dict[str, np.ndarray], out_dir: Path, max_shard_bytes:
     names = ["model.safetensors"]
   else:
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-  for shard, fname in zip(shards, names):
+  for shard, fname in zip(shards, names, strict=True):
     save_file(shard, out_dir / fname, metadata={"format": "pt"})
   if len(shards) > 1:
-    weight_map = {k: fname for shard, fname in zip(shards, names) for k in shard}
+    weight_map = {k: fname for shard, fname in zip(shards, names, strict=True) for k in shard}
     total = sum(a.nbytes for a in tensors.values())
     (out_dir / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))

@@ -94,10 +94,10 @@ class Attention(nnx.Module):
     return self.o_b_proj(mid_BTGR.reshape(B, T, -1))
 
   # --- whole-sequence forward --------------------------------------------------------------------
-  def __call__(self, x_BTD, pos_BT=None):
+  def __call__(self, x_BTD):
+    """Whole sequence from position 0 (compressed windows are laid out from 0; decode uses the cache path)."""
     B, T, _ = x_BTD.shape
-    if pos_BT is None:
-      pos_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
+    pos_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     q_BTHK, q_residual = self.queries(x_BTD, pos_BT)
     kv_BTK = self.keys(x_BTD, pos_BT)
     comp_BCK = comp_mask = None

@@ -41,10 +41,13 @@ class Compressor(nnx.Module):
     """Pools N closed windows [B, N, ratio, width] into N rotated entries [B, N, d].
 
     `first_position` is the source position of window 0's first token (entry n sits at
-    first_position + n·ratio). For CSA, `prev_*` is the Ca half of the window before window 0 (None: none).
+    first_position + n·ratio). For CSA, `prev_*` is the Ca half of the window before window 0 (None: none);
+    `prev_gate_BMd` must already include `position_bias` (as the gates of a closed window do).
     """
     B, N, M, _ = kv_BNMW.shape
     d = self.head_dim
+    if N == 0:
+      return jnp.zeros((B, 0, d), kv_BNMW.dtype)
     gate_BNMW = gate_BNMW.astype(jnp.float32) + self.position_bias[...]
     if self.overlap:
       ca_kv, cb_kv = kv_BNMW[..., :d], kv_BNMW[..., d:]

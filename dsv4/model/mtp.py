@@ -32,11 +32,11 @@ class MTPModule(nnx.Module):
     self.hc_head = HyperHead(D, cfg.hc_mult, cfg.hc_eps, cfg.rms_norm_eps, rngs=rngs)
     self.norm = RMSNorm(D, cfg.rms_norm_eps)
 
-  def __call__(self, streams_BTND, next_embed_BTD, pos_BT=None, moe_impl=None):
+  def __call__(self, streams_BTND, next_embed_BTD, moe_impl=None):
     """Returns (final-normed hidden [B, T, D], new streams [B, T, N, D])."""
     e = self.e_proj(self.enorm(next_embed_BTD))
     x = e[:, :, None, :] + self.h_proj(self.hnorm(streams_BTND))
-    x, _ = self.block(x.astype(streams_BTND.dtype), None, pos_BT, moe_impl)
+    x, _ = self.block(x.astype(streams_BTND.dtype), None, moe_impl)
     return self.norm(self.hc_head(x)), x
 
 

@@ -42,7 +42,7 @@ class Transformer(nnx.Module):
     self.embed = param(rngs, (config.vocab_size, D), ("vocab", "embed"), param_dtype)
     self.layers = nnx.List([
         Block(config, ratio, is_hash, **kw)
-        for ratio, is_hash in zip(config.compress_ratios, config.is_hash_layer)
+        for ratio, is_hash in zip(config.compress_ratios, config.is_hash_layer, strict=True)
     ])
     self.hc_head = HyperHead(D, config.hc_mult, config.hc_eps, config.rms_norm_eps, rngs=rngs)
     self.norm = RMSNorm(D, config.rms_norm_eps)
@@ -60,12 +60,11 @@ class Transformer(nnx.Module):
   def forward(self, input_ids_BT, *, tap_layers: tuple[int, ...] = (), with_mtp: bool = False,
               moe_impl: str | None = None) -> TargetOutput:
     B, T = input_ids_BT.shape
-    pos_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     streams = jnp.broadcast_to(self.embed_tokens(input_ids_BT)[:, :, None, :],
                                (B, T, self.config.hc_mult, self.config.hidden_size))
     taps, experts = {}, []
     for i, layer in enumerate(self.layers):
-      streams, experts_BTK = layer(streams, input_ids_BT, pos_BT, moe_impl)
+      streams, experts_BTK = layer(streams, input_ids_BT, moe_impl)
       experts.append(experts_BTK)
       if i in tap_layers:
         taps[i] = jnp.mean(streams.astype(jnp.float32), axis=2).astype(streams.dtype)
@@ -85,11 +84,10 @@ class Transformer(nnx.Module):
     predictions are meaningless and are masked by the losses).
     """
     B, T = input_ids_BT.shape
-    pos_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     out = []
     for k, module in enumerate(self.mtp):
       ahead = jnp.concatenate([input_ids_BT[:, k + 1:], jnp.zeros((B, k + 1), input_ids_BT.dtype)], axis=1)
-      hidden, streams_BTND = module(streams_BTND, self.embed_tokens(ahead), pos_BT, moe_impl)
+      hidden, streams_BTND = module(streams_BTND, self.embed_tokens(ahead), moe_impl)
       out.append(self.head(hidden))
     return jnp.stack(out)
 
