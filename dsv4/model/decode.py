@@ -1,0 +1,168 @@
+"""Decode state for the V4 target: static-shape buffers plus per-sequence lengths.
+
+Per layer the state keeps, for every position < max_len, what later queries need from that token:
+  kv_BLK             the shared K=V head (normed, rotated)             — sliding-window branch
+  comp_kv/gate_BLW   the compressor's per-token projections            — CSA / HCA layers
+  index_kv/gate_BLW  the indexer compressor's per-token projections    — CSA layers
+Compressed entries are pooled from the per-token projections of closed windows at every extend. Because
+nothing derived from a token outlives it, rollback is only a length change and is exact: an entry built
+from rolled-back tokens is rebuilt from the new tokens when its window closes again.
+
+Operations (all static-shape, jit-friendly):
+  init_state(cfg, batch, max_len)               empty state
+  extend(model, state, tokens_BN, n_valid_B)    appends the first n_valid_B[b] of n tokens per row; returns
+                                                logits [B, n, V] (and requested hidden states) and the state
+  rollback(state, lengths_B)                    shrinks lengths (never grows them)
+Prefill of prompts of different lengths is an extend from the empty state with n_valid = prompt lengths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from dsv4.model.attention import Attention, attend
+from dsv4.model.compressor import Compressor, compressed_visible
+from dsv4.model.config import ModelConfig
+from dsv4.model.hyper import HyperConnection
+from dsv4.model.layers import DTYPES
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class LayerCache:
+  kv_BLK: jax.Array
+  comp_kv_BLW: jax.Array | None = None
+  comp_gate_BLW: jax.Array | None = None
+  index_kv_BLW: jax.Array | None = None
+  index_gate_BLW: jax.Array | None = None
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeState:
+  lengths_B: jax.Array            # int32, tokens committed per sequence
+  layers: tuple[LayerCache, ...]
+
+  @property
+  def max_len(self) -> int:
+    return self.layers[0].kv_BLK.shape[1]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ExtendOutput:
+  logits_BNV: jax.Array                # float32
+  final_hidden_BND: jax.Array
+  taps_BNLD: jax.Array | None = None   # mean over mHC streams, like TargetOutput.taps_BTLD
+  streams_BNHD: jax.Array | None = None
+
+
+def buffer_length(cfg: ModelConfig, max_len: int) -> int:
+  """max_len rounded up to whole compression windows, so entries are a reshape of the token buffer."""
+  unit = max(cfg.compress_ratios) or 1
+  return -(-max_len // unit) * unit
+
+
+def init_state(cfg: ModelConfig, batch: int, max_len: int) -> DecodeState:
+  L = buffer_length(cfg, max_len)
+  dtype = DTYPES[cfg.dtype]
+  layers = []
+  for ratio in cfg.compress_ratios:
+    z = lambda width: jnp.zeros((batch, L, width), dtype)  # noqa: E731
+    cache = LayerCache(kv_BLK=z(cfg.head_dim))
+    if ratio:
+      width = cfg.head_dim * (2 if ratio == 4 else 1)
+      cache.comp_kv_BLW, cache.comp_gate_BLW = z(width), z(width)
+    if ratio == 4:
+      cache.index_kv_BLW, cache.index_gate_BLW = z(2 * cfg.index_head_dim), z(2 * cfg.index_head_dim)
+    layers.append(cache)
+  return DecodeState(lengths_B=jnp.zeros((batch,), jnp.int32), layers=tuple(layers))
+
+
+def rollback(state: DecodeState, lengths_B) -> DecodeState:
+  """Forget tokens at positions ≥ lengths_B (clipped so a length never grows)."""
+  return dataclasses.replace(state, lengths_B=jnp.minimum(state.lengths_B, jnp.asarray(lengths_B, jnp.int32)))
+
+
+def _write(buf_BLX, new_BNX, pos_BN, valid_BN):
+  """Scatter new rows at their positions; invalid rows (and anything past the buffer) are dropped."""
+  L = buf_BLX.shape[1]
+  idx = jnp.where(valid_BN, pos_BN, L)
+  b = jnp.arange(buf_BLX.shape[0])[:, None]
+  return buf_BLX.at[b, idx].set(new_BNX.astype(buf_BLX.dtype), mode="drop")
+
+
+def _pool_all(comp: Compressor, kv_BLW, gate_BLW):
+  """Entries of every window of the buffer (those not yet closed are garbage and never visible)."""
+  B, L, W = kv_BLW.shape
+  shape = (B, L // comp.ratio, comp.ratio, W)
+  return comp.pool_windows(kv_BLW.reshape(shape), gate_BLW.reshape(shape), first_position=0)
+
+
+def _local_window(kv_BLK, first_pos_B, size: int):
+  """kv rows [first_pos, first_pos + size) per sequence (start clamped into the buffer) and their positions."""
+  L = kv_BLK.shape[1]
+  size = min(size, L)
+  start_B = jnp.clip(first_pos_B, 0, L - size)
+  rows = jax.vmap(lambda kv, s: jax.lax.dynamic_slice_in_dim(kv, s, size, axis=0))(kv_BLK, start_B)
+  return rows, start_B[:, None] + jnp.arange(size, dtype=jnp.int32)[None, :]
+
+
+def attention_extend(attn: Attention, x_BND, pos_BN, valid_BN, new_len_B, cache: LayerCache):
+  """One attention layer over n new tokens; returns (output [B, n, D], updated cache)."""
+  N = x_BND.shape[1]
+  q_BNHK, q_residual = attn.queries(x_BND, pos_BN)
+  cache = dataclasses.replace(cache, kv_BLK=_write(cache.kv_BLK, attn.keys(x_BND, pos_BN), pos_BN, valid_BN))
+  # Keys any of the n queries can see: positions (pos₀ − window, pos₀ + n).
+  kv_BSK, kv_pos_BS = _local_window(cache.kv_BLK, pos_BN[:, 0] - attn.window + 1, attn.window + N - 1)
+  kv_valid_BS = kv_pos_BS < new_len_B[:, None]
+  comp_BCK = comp_mask = None
+  if attn.compressor is not None:
+    kv_new, gate_new = attn.compressor.project(x_BND)
+    cache = dataclasses.replace(cache, comp_kv_BLW=_write(cache.comp_kv_BLW, kv_new, pos_BN, valid_BN),
+                                comp_gate_BLW=_write(cache.comp_gate_BLW, gate_new, pos_BN, valid_BN))
+    comp_BCK = _pool_all(attn.compressor, cache.comp_kv_BLW, cache.comp_gate_BLW)
+    if attn.indexer is not None:
+      ikv, igate = attn.indexer.compressor.project(x_BND)
+      cache = dataclasses.replace(cache, index_kv_BLW=_write(cache.index_kv_BLW, ikv, pos_BN, valid_BN),
+                                  index_gate_BLW=_write(cache.index_gate_BLW, igate, pos_BN, valid_BN))
+      keys_BCI = _pool_all(attn.indexer.compressor, cache.index_kv_BLW, cache.index_gate_BLW)
+      comp_mask = attn.indexer.select(attn.indexer.scores(x_BND, q_residual, pos_BN, keys_BCI), pos_BN)
+    else:
+      comp_mask = compressed_visible(pos_BN, comp_BCK.shape[1], attn.ratio)
+  o = attend(q_BNHK, kv_BSK, pos_BN, kv_pos_BS, kv_valid_BS, attn.window, attn.sinks[...], attn.head_dim**-0.5,
+             comp_BCK, comp_mask)
+  return attn.output(o, pos_BN), cache
+
+
+def extend(model, state: DecodeState, tokens_BN, n_valid_B=None, tap_layers: tuple[int, ...] = ()):
+  """Appends tokens_BN[b, :n_valid_B[b]] to each sequence (all n when n_valid_B is None).
+
+  Returns (ExtendOutput, new state). Outputs at invalid slots are computed but meaningless.
+  """
+  B, N = tokens_BN.shape
+  n_valid_B = jnp.full((B,), N, jnp.int32) if n_valid_B is None else jnp.asarray(n_valid_B, jnp.int32)
+  pos_BN = state.lengths_B[:, None] + jnp.arange(N, dtype=jnp.int32)[None, :]
+  valid_BN = jnp.arange(N)[None, :] < n_valid_B[:, None]
+  new_len_B = state.lengths_B + n_valid_B
+  cfg = model.config
+  streams = jnp.broadcast_to(model.embed_tokens(tokens_BN)[:, :, None, :], (B, N, cfg.hc_mult, cfg.hidden_size))
+  caches, taps = [], {}
+  for i, (layer, cache) in enumerate(zip(model.layers, state.layers, strict=True)):
+    pre, post, comb = layer.attn_hc.weights(streams)
+    x = layer.attn_norm(layer.attn_hc.collapse(streams, pre))
+    a, cache = attention_extend(layer.attn, x, pos_BN, valid_BN, new_len_B, cache)
+    streams = HyperConnection.expand(streams, a, post, comb)
+    pre, post, comb = layer.ffn_hc.weights(streams)
+    y, _ = layer.ffn(layer.ffn_norm(layer.ffn_hc.collapse(streams, pre)), tokens_BN)
+    streams = HyperConnection.expand(streams, y, post, comb)
+    caches.append(cache)
+    if i in tap_layers:
+      taps[i] = jnp.mean(streams.astype(jnp.float32), axis=2).astype(streams.dtype)
+  final = model.norm(model.hc_head(streams))
+  out = ExtendOutput(logits_BNV=model.head(final), final_hidden_BND=final, streams_BNHD=streams,
+                     taps_BNLD=jnp.stack([taps[i] for i in tap_layers], axis=2) if tap_layers else None)
+  return out, DecodeState(lengths_B=new_len_B, layers=tuple(caches))
