@@ -11,4 +11,11 @@ def from_pretrained(path, **kwargs):
   return _load(path, **kwargs)
 
 
-__all__ = ["ConfigError", "ModelConfig", "TargetOutput", "Transformer", "from_pretrained"]
+def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0, eos_id=None):
+  """New tokens per prompt; the whole decode loop runs in one jit (see dsv4.inference.generate)."""
+  from dsv4.inference.generate import generate as _generate
+  return _generate(model, prompts, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                   eos_id=eos_id)
+
+
+__all__ = ["ConfigError", "ModelConfig", "TargetOutput", "Transformer", "from_pretrained", "generate"]

@@ -1,0 +1,1 @@
+"""Sampling, generation and (later) the speculative loop, calibration and scheduling."""
