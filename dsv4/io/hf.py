@@ -22,7 +22,8 @@ from flax import nnx
 
 from dsv4.io import names as names_lib
 from dsv4.io.hf_config import from_hf_dict, to_hf_dict
-from dsv4.io.safetensors_dir import CheckpointError, SafetensorsDir, write_shards
+from dsv4.io.native_checkpoint import NativeCheckpoint
+from dsv4.io.safetensors_dir import CheckpointError, write_shards
 from dsv4.model.config import ModelConfig
 from dsv4.model.transformer import Transformer
 
@@ -75,7 +76,7 @@ def from_pretrained(path: str | os.PathLike, **config_overrides) -> Transformer:
 
   `config_overrides` set ModelConfig fields that are not architecture, e.g. dtype="bfloat16", moe_impl="dense".
   """
-  ckpt = SafetensorsDir(path)
+  ckpt = NativeCheckpoint(path)  # also reads FP8/FP4 + scales, which safetensors' numpy reader cannot return
   native = {names_lib.normalize(k): k for k in ckpt.keys()}
   n_mtp = len({m.group(1) for n in native if (m := re.match(r"mtp\.(\d+)\.", n))})
   cfg = read_config(path, **config_overrides)

@@ -1,18 +1,22 @@
 """A safetensors directory read lazily by slice, with FP8/FP4 block-quantized weights dequantised on read.
 
-Drop-in for `SafetensorsDir` (`keys`, `shape`, `get`) plus `read(key, index)`, which reads only the rows/columns
+`keys`, `shape`, `get`, plus `read(key, index)`, which reads only the rows/columns
 of one tensor that a device shard needs. We parse the safetensors header and memory-map the data ourselves:
 safetensors' numpy reader cannot return float8 / F4 / e8m0 tensors at all (`safe_open(..., "np")` raises
-"module 'numpy' has no attribute 'float8_e4m3fn'", safetensors 0.8), and slicing a packed F4 tensor through it
-is refused.
+"module 'numpy' has no attribute 'float8_e4m3fn'", safetensors 0.8), and its torch reader fails on F4 slices
+("shape '[2, 4]' is invalid for input of size 4"); torch is optional here anyway.
 
 Quantization (formats in dsv4.io.quant): a `X.weight` is quantized exactly when a companion `X.scale` (V4 native)
 or `X.weight_scale_inv` (V3-style HF) exists. The companion is consumed: `keys()` lists the weight only, with its
 logical shape ([out, in], also for FP4 packed two per byte). The weight's dtype names the format: F8_E4M3 is FP8
-with 128×128 blocks; I8/U8 (V4 native: int8 bytes [out, in/2]) or F4 (safetensors' float4_e2m1fn_x2, whose
-header shape is already logical) is FP4 with 1×32 blocks. Pairs are checked when the directory is opened: a
-quantized dtype without a scale, a scale on an unquantized dtype, an unknown scale dtype, or a scale whose shape
-is not the block grid is an error naming both tensors, all problems in one message.
+with 128×128 blocks; I8/U8 or F4 is FP4 with 1×32 blocks. V4's native experts are I8 [out, in/2] (its
+`inference/convert.py` asserts `x.dtype == torch.int8`; checkpoint-header reports in RobTand/prismaquant #13 and
+antirez/ds4 #645 say I8 weights with F8_E8M0 scales); F4 is safetensors' float4_e2m1fn_x2, whose header shape is
+already the logical one.
+
+Pairs are checked when the directory is opened: a quantized dtype without a scale, a scale on an unquantized
+dtype, an unknown scale dtype, or a scale whose shape is not the block grid is an error naming both tensors, all
+problems in one message.
 """
 
 from __future__ import annotations
@@ -58,13 +62,12 @@ def _read_header(fpath: Path) -> dict[str, _Entry]:
       if n > size - 8:
         raise ValueError(f"header length {n} exceeds the file size {size}")
       header = json.loads(f.read(n))
-  except (struct.error, ValueError, UnicodeDecodeError) as e:
+    infos = {k: (v["dtype"], tuple(v["shape"]), tuple(v["data_offsets"])) for k, v in header.items()
+             if k != "__metadata__"}
+  except (struct.error, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
     raise CheckpointError(f"{fpath}: cannot read safetensors header ({e}); the file is truncated or corrupt.") from e
   out = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+  for name, (dtype, shape, (begin, end)) in infos.items():
     if dtype not in _STORAGE or (dtype == "F4" and (not shape or shape[-1] % 2)):
       raise CheckpointError(f"{fpath}: tensor {name!r} has dtype {dtype} with shape {list(shape)}, which dsv4 "
                             "cannot read; convert it to a float/int dtype (or an even-length F4).")
@@ -129,8 +132,9 @@ class NativeCheckpoint:
       w = e[name]
       if not scales:
         if w.dtype in _NEEDS_SCALE:
-          problems.append(f"{name} ({w.file.name}) is {w.dtype} but has no scale tensor {stem}.scale or "
-                          f"{name}_scale_inv; the checkpoint is incomplete.")
+          wanted = f"{stem}.scale or {name}_scale_inv" if stem else "(only a *.weight can have one)"
+          problems.append(f"{name} ({w.file.name}) is {w.dtype} but has no scale tensor {wanted}; the checkpoint "
+                          "is incomplete.")
         continue
       if len(scales) > 1:
         problems.append(f"{name} has two scale tensors {scales[0]} and {scales[1]}; keep one.")
@@ -161,7 +165,7 @@ class NativeCheckpoint:
       return entry.storage_shape[:-1] + (entry.storage_shape[-1] * 2,)
     return entry.storage_shape
 
-  # --- SafetensorsDir interface --------------------------------------------------------------------------------
+  # --- whole tensors --------------------------------------------------------------------------------
 
   def keys(self) -> list[str]:
     scales = set(self._scale_of.values())

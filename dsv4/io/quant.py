@@ -8,18 +8,20 @@ Two formats, both `value = element * scale[i // block_rows, j // block_cols]` on
   native ones (`X.scale`, quantization_config `scale_fmt: ue8m0`).
 - **FP4** (MXFP4, V4 routed experts): e2m1 elements packed two per byte along `in`, one ue8m0 scale per 32
   consecutive `in` elements of a row, so the scale is [out, ceil(in / 32)]. Nibble order: element 2k is the *low*
-  nibble of byte k, element 2k+1 the high one. Sources that agree: DeepSeek-V4's own `inference/convert.py`
-  (`cast_e2m1fn_to_e4m3fn`: `stack([table[x & 0x0F], table[x >> 4]], -1)`, as copied into sglang's fp8.py and
-  radixark/miles `tools/convert_mxfp4_to_fp8.py`), and torch's `float4_e2m1fn_x2` (torch's own
-  `onnx/_internal/exporter/_type_casting.py::unpack_float4x2_as_uint8` and `testing/_internal/common_quantized.py::
-  pack_uint4` put element 0 in the low nibble); safetensors' `F4` dtype stores torch's bytes unchanged.
+  nibble of byte k, element 2k+1 the high one. Sources: DeepSeek-V4's own `inference/convert.py`
+  (`cast_e2m1fn_to_e4m3fn`: `stack([table[x & 0x0F], table[x >> 4]], -1)` on the int8 weight; the same code is
+  copied into SGLang's DSV4 FP4 path and radixark/miles `tools/convert_mxfp4_to_fp8.py`), and torch's
+  `float4_e2m1fn_x2` (torch's `onnx/_internal/exporter/_type_casting.py::unpack_float4x2_as_uint8` and
+  `testing/_internal/common_quantized.py::pack_uint4` put element 0 in the low nibble). safetensors' `F4` dtype
+  stores torch's bytes as they are; its docs do not state a nibble order, so F4 files follow torch's by assumption.
 
 Element formats (OCP MX / IEEE-like, no infinities): e4m3fn = 1 sign, 4 exponent (bias 7), 3 mantissa bits,
 subnormals at exponent 0, S.1111.111 is NaN, max 448. e2m1 = 1 sign, 2 exponent (bias 1), 1 mantissa bit:
 {0, .5, 1, 1.5, 2, 3, 4, 6} and negatives. ue8m0 = 8 exponent bits, value 2^(e - 127), 0xFF is NaN.
 
-A product of an e4m3/e2m1 element with a power-of-two (or float32) scale is computed once in float32, i.e. the
-exact product rounded once; casting that to bf16 is what casting the float64 product does in ml_dtypes/jax.
+Products are computed in float32: element × scale is exact in float64 (4 × 24 significant bits), so the float32
+product is that exact value rounded once, and casting it to bf16 equals casting the float64 product (ml_dtypes and
+jax both go float64 → float32 → bf16).
 """
 
 from __future__ import annotations

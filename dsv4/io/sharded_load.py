@@ -92,7 +92,7 @@ def _once_per_index(read_shard, dtype):
   def callback(index):
     key = tuple((s.start, s.stop) for s in index)
     if key not in done:
-      done[key] = np.asarray(read_shard(index)).astype(dtype)
+      done[key] = np.asarray(read_shard(index)).astype(dtype, copy=False)
     return done[key]
   return callback
 

@@ -5,8 +5,9 @@ learned layers pick top-k of (scores + balancing bias), hash layers take k exper
 token-id table. Weights are the *uncorrected* scores of the picked experts, renormalised and times
 `routed_scaling_factor`. The bias and the hash table are non-trainable state (FrozenState).
 
-Experts are clamped SwiGLUs. Two interchangeable paths: dropless grouped matmuls (sort by expert,
-`jax.lax.ragged_dot`) and a dense reference that runs every expert on every token (tests only).
+Experts are clamped SwiGLUs. Dropless grouped matmuls (sort by expert, `jax.lax.ragged_dot`); for decode
+steps with fewer token-expert assignments than experts, a gather of just the chosen experts' weights; and a
+dense reference that runs every expert on every token (tests only).
 """
 
 from __future__ import annotations
@@ -84,6 +85,16 @@ class MoE(nnx.Module):
     y_TKD = jnp.zeros_like(y_sorted).at[order].set(y_sorted).reshape(T, K, -1)
     return jnp.einsum("tkd,tk->td", y_TKD.astype(jnp.float32), w_TK).astype(self.dtype)
 
+  def experts_gather(self, x_TD, w_TK, idx_TK):
+    """Decode-sized batches: gather the k chosen experts' weights per token (reads k·T, not E, matrices)."""
+    x = x_TD.astype(self.dtype)
+    wg = self.w_gate[...][idx_TK].astype(self.dtype)  # [T, K, D, I]
+    wu = self.w_up[...][idx_TK].astype(self.dtype)
+    wd = self.w_down[...][idx_TK].astype(self.dtype)  # [T, K, I, D]
+    h = clamped_swiglu(jnp.einsum("td,tkdi->tki", x, wg), jnp.einsum("td,tkdi->tki", x, wu), self.limit)
+    y_TKD = jnp.einsum("tki,tkid->tkd", h, wd)
+    return jnp.einsum("tkd,tk->td", y_TKD.astype(jnp.float32), w_TK).astype(self.dtype)
+
   def experts_dense(self, x_TD, w_TK, idx_TK):
     """Reference: every expert on every token, combined with a [T, E] weight matrix (zeros off the top-k)."""
     x = x_TD.astype(self.dtype)
@@ -98,7 +109,13 @@ class MoE(nnx.Module):
     B, T, D = x_BTD.shape
     x_TD = x_BTD.reshape(B * T, D)
     w_TK, idx_TK, _ = self.route(x_TD, None if ids_BT is None else ids_BT.reshape(-1))
-    experts = self.experts_dense if (impl or self.impl) == "dense" else self.experts_ragged
+    impl = impl or self.impl
+    if impl == "dense":
+      experts = self.experts_dense
+    elif B * T * self.top_k < self.n_experts:  # static: fewer assignments than experts (decode steps)
+      experts = self.experts_gather
+    else:
+      experts = self.experts_ragged
     y = experts(x_TD, w_TK, idx_TK).reshape(B, T, D)
     if self.shared is not None:
       y = y + self.shared(x_BTD)
