@@ -40,7 +40,7 @@ class Compressor(nnx.Module):
   def pool_windows(self, kv_BNMW, gate_BNMW, first_position, prev_kv_BMd=None, prev_gate_BMd=None):
     """Pools N closed windows [B, N, ratio, width] into N rotated entries [B, N, d].
 
-    `first_position` is the source position of window 0's first token (entry n sits at
+    `first_position` (scalar or [B]) is the source position of window 0's first token (entry n sits at
     first_position + n·ratio). For CSA, `prev_*` is the Ca half of the window before window 0 (None: none);
     `prev_gate_BMd` must already include `position_bias` (as the gates of a closed window do).
     """
@@ -61,7 +61,8 @@ class Compressor(nnx.Module):
       gate_BNMW = jnp.concatenate([shifted_gate, cb_gate], axis=2)
     weights = jax.nn.softmax(gate_BNMW, axis=2).astype(kv_BNMW.dtype)
     pooled_BNd = self.kv_norm(jnp.sum(kv_BNMW * weights, axis=2))
-    positions_BN = jnp.broadcast_to(first_position + self.ratio * jnp.arange(N), (B, N))
+    first = jnp.asarray(first_position)[..., None]  # scalar or per-sequence [B]
+    positions_BN = jnp.broadcast_to(first + self.ratio * jnp.arange(N), (B, N))
     return apply_rope(pooled_BNd, positions_BN, self.inv_freq)
 
   def __call__(self, x_BSD):

@@ -4,9 +4,10 @@ Per layer the state keeps, for every position < max_len, what later queries need
   kv_BLK             the shared K=V head (normed, rotated)             — sliding-window branch
   comp_kv/gate_BLW   the compressor's per-token projections            — CSA / HCA layers
   index_kv/gate_BLW  the indexer compressor's per-token projections    — CSA layers
-Compressed entries are pooled from the per-token projections of closed windows at every extend. Because
-nothing derived from a token outlives it, rollback is only a length change and is exact: an entry built
-from rolled-back tokens is rebuilt from the new tokens when its window closes again.
+and one pooled entry per compression window (comp_BCK, index_BCI). An extend re-pools exactly the windows
+that close among its tokens, reading their (and, for CSA, the previous window's) per-token projections.
+An entry is visible only once its window has closed, so rollback is just a length change and is exact:
+an entry built from rolled-back tokens is invisible until its window closes again, which re-pools it.
 
 Operations (all static-shape, jit-friendly):
   init_state(cfg, batch, max_len)               empty state
@@ -36,8 +37,10 @@ class LayerCache:
   kv_BLK: jax.Array
   comp_kv_BLW: jax.Array | None = None
   comp_gate_BLW: jax.Array | None = None
+  comp_BCK: jax.Array | None = None
   index_kv_BLW: jax.Array | None = None
   index_gate_BLW: jax.Array | None = None
+  index_BCI: jax.Array | None = None
 
 
 @jax.tree_util.register_dataclass
@@ -76,8 +79,10 @@ def init_state(cfg: ModelConfig, batch: int, max_len: int) -> DecodeState:
     if ratio:
       width = cfg.head_dim * (2 if ratio == 4 else 1)
       cache.comp_kv_BLW, cache.comp_gate_BLW = z(width), z(width)
+      cache.comp_BCK = jnp.zeros((batch, L // ratio, cfg.head_dim), dtype)
     if ratio == 4:
       cache.index_kv_BLW, cache.index_gate_BLW = z(2 * cfg.index_head_dim), z(2 * cfg.index_head_dim)
+      cache.index_BCI = jnp.zeros((batch, L // ratio, cfg.index_head_dim), dtype)
     layers.append(cache)
   return DecodeState(lengths_B=jnp.zeros((batch,), jnp.int32), layers=tuple(layers))
 
@@ -95,11 +100,25 @@ def _write(buf_BLX, new_BNX, pos_BN, valid_BN):
   return buf_BLX.at[b, idx].set(new_BNX.astype(buf_BLX.dtype), mode="drop")
 
 
-def _pool_all(comp: Compressor, kv_BLW, gate_BLW):
-  """Entries of every window of the buffer (those not yet closed are garbage and never visible)."""
-  B, L, W = kv_BLW.shape
-  shape = (B, L // comp.ratio, comp.ratio, W)
-  return comp.pool_windows(kv_BLW.reshape(shape), gate_BLW.reshape(shape), first_position=0)
+def _update_entries(comp: Compressor, kv_BLW, gate_BLW, entries_BCd, old_len_B, n: int):
+  """Re-pools the windows c0 = old_len // ratio … c0 + n // ratio: every window that can close among n new tokens.
+
+  Windows still open get provisional entries; they stay invisible and are re-pooled when they close. For CSA
+  the slice starts one window early so each re-pooled entry sees its predecessor's Ca half.
+  """
+  B, _, W = kv_BLW.shape
+  m, K = comp.ratio, n // comp.ratio + 1
+  c0_B = old_len_B // m
+  start_B = jnp.maximum(c0_B - 1, 0)
+  tok_BT = start_B[:, None] * m + jnp.arange((K + 1) * m)[None, :]
+  take = lambda buf: jnp.take_along_axis(buf, tok_BT[..., None], axis=1, mode="fill", fill_value=0)  # noqa: E731
+  shape = (B, K + 1, m, W)
+  pooled_BJd = comp.pool_windows(take(kv_BLW).reshape(shape), take(gate_BLW).reshape(shape), start_B * m)
+  # Window `start` has no predecessor in the slice: skip it unless it is window 0 (which has none anyway).
+  skip_B = (c0_B > 0).astype(jnp.int32)
+  new_BKd = jax.vmap(lambda p, o: jax.lax.dynamic_slice_in_dim(p, o, K, axis=0))(pooled_BJd, skip_B)
+  win_BK = c0_B[:, None] + jnp.arange(K)[None, :]
+  return entries_BCd.at[jnp.arange(B)[:, None], win_BK].set(new_BKd.astype(entries_BCd.dtype), mode="drop")
 
 
 def _local_window(kv_BLK, first_pos_B, size: int):
@@ -114,6 +133,7 @@ def _local_window(kv_BLK, first_pos_B, size: int):
 def attention_extend(attn: Attention, x_BND, pos_BN, valid_BN, new_len_B, cache: LayerCache):
   """One attention layer over n new tokens; returns (output [B, n, D], updated cache)."""
   N = x_BND.shape[1]
+  old_len_B = pos_BN[:, 0]
   q_BNHK, q_residual = attn.queries(x_BND, pos_BN)
   cache = dataclasses.replace(cache, kv_BLK=_write(cache.kv_BLK, attn.keys(x_BND, pos_BN), pos_BN, valid_BN))
   # Keys any of the n queries can see: positions (pos₀ − window, pos₀ + n).
@@ -124,12 +144,15 @@ def attention_extend(attn: Attention, x_BND, pos_BN, valid_BN, new_len_B, cache:
     kv_new, gate_new = attn.compressor.project(x_BND)
     cache = dataclasses.replace(cache, comp_kv_BLW=_write(cache.comp_kv_BLW, kv_new, pos_BN, valid_BN),
                                 comp_gate_BLW=_write(cache.comp_gate_BLW, gate_new, pos_BN, valid_BN))
-    comp_BCK = _pool_all(attn.compressor, cache.comp_kv_BLW, cache.comp_gate_BLW)
+    comp_BCK = _update_entries(attn.compressor, cache.comp_kv_BLW, cache.comp_gate_BLW, cache.comp_BCK, old_len_B, N)
+    cache = dataclasses.replace(cache, comp_BCK=comp_BCK)
     if attn.indexer is not None:
       ikv, igate = attn.indexer.compressor.project(x_BND)
       cache = dataclasses.replace(cache, index_kv_BLW=_write(cache.index_kv_BLW, ikv, pos_BN, valid_BN),
                                   index_gate_BLW=_write(cache.index_gate_BLW, igate, pos_BN, valid_BN))
-      keys_BCI = _pool_all(attn.indexer.compressor, cache.index_kv_BLW, cache.index_gate_BLW)
+      keys_BCI = _update_entries(attn.indexer.compressor, cache.index_kv_BLW, cache.index_gate_BLW, cache.index_BCI,
+                                 old_len_B, N)
+      cache = dataclasses.replace(cache, index_BCI=keys_BCI)
       comp_mask = attn.indexer.select(attn.indexer.scores(x_BND, q_residual, pos_BN, keys_BCI), pos_BN)
     else:
       comp_mask = compressed_visible(pos_BN, comp_BCK.shape[1], attn.ratio)
