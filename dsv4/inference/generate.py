@@ -71,6 +71,34 @@ def _generate(graphdef, params, prompt_BP, prompt_len_B, seed, eos_id, *, max_ne
   return tokens_BM, n_new_B
 
 
+def pad_prompts(prompts) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded int32 ids [B, P] and lengths [B]."""
+  lengths = np.array([len(p) for p in prompts], np.int32)
+  padded = np.zeros((len(prompts), int(lengths.max())), np.int32)
+  for i, p in enumerate(prompts):
+    padded[i, :len(p)] = p
+  return padded, lengths
+
+
+def prefill(model, prompts: list[list[int]], max_len: int):
+  """A decode state holding the prompts (checked first) and each prompt's last-position logits [B, V]."""
+  cfg = model.config
+  _check_prompts(prompts, 1, cfg.vocab_size, cfg.max_position_embeddings + 1, None)
+  too_long = [i for i, p in enumerate(prompts) if len(p) > max_len]
+  if too_long:
+    raise ValueError(f"prompts {too_long} are longer than max_len={max_len}; raise max_len or shorten them.")
+  padded, lengths = pad_prompts(prompts)
+  graphdef, params = nnx.split(model)
+  return _prefill(graphdef, params, jnp.asarray(padded), jnp.asarray(lengths), max_len=max_len)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_len"))
+def _prefill(graphdef, params, prompt_BP, prompt_len_B, *, max_len):
+  model = nnx.merge(graphdef, params)
+  out, state = extend(model, init_state(model.config, prompt_BP.shape[0], max_len), prompt_BP, prompt_len_B)
+  return state, jnp.take_along_axis(out.logits_BNV, (prompt_len_B - 1)[:, None, None], axis=1)[:, 0]
+
+
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
              top_k: int = 0, seed: int = 0, eos_id: int | None = None) -> list[list[int]]:
   """New tokens for each prompt (EOS included when hit). Greedy when temperature is 0."""
@@ -78,10 +106,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
   _check_prompts(prompts, max_new_tokens, cfg.vocab_size, cfg.max_position_embeddings, eos_id)
   if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
     raise ValueError(f"need temperature ≥ 0, 0 < top_p ≤ 1, top_k ≥ 0; got {temperature}, {top_p}, {top_k}.")
-  lengths = np.array([len(p) for p in prompts], np.int32)
-  padded = np.zeros((len(prompts), int(lengths.max())), np.int32)
-  for i, p in enumerate(prompts):
-    padded[i, :len(p)] = p
+  padded, lengths = pad_prompts(prompts)
   graphdef, params = nnx.split(model)
   tokens, n_new = _generate(graphdef, params, jnp.asarray(padded), jnp.asarray(lengths), jnp.uint32(seed),
                             jnp.int32(-1 if eos_id is None else eos_id), max_new_tokens=max_new_tokens,

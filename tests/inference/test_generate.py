@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dsv4
+from dsv4.inference.generate import prefill
 from dsv4.inference.sampling import filter_logits, row_keys, sample
 from tests.io import hf_reference as ref
 
@@ -54,6 +55,18 @@ def test_bad_prompts_fail_before_compute(pair):
     dsv4.generate(ours, [[1, V]], 4)
   with pytest.raises(ValueError, match="max_position_embeddings"):
     dsv4.generate(ours, [[1] * ours.config.max_position_embeddings], 4)
+
+
+def test_prefill_checks_max_len_and_matches_forward(pair):
+  _, ours = pair
+  with pytest.raises(ValueError, match=r"prompts \[1\] are longer than max_len=8"):
+    prefill(ours, [[1, 2], list(range(2, 12))], max_len=8)
+  prompts = [[3, 4, 5], [6, 7, 8, 9, 10, 11]]
+  state, last_BV = prefill(ours, prompts, max_len=16)
+  np.testing.assert_array_equal(np.asarray(state.lengths_B), [3, 6])
+  for p, got in zip(prompts, np.asarray(last_BV), strict=True):
+    want = np.asarray(ours(jnp.asarray([p], jnp.int32)))[0, -1]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
 def test_filter_logits_matches_numpy():

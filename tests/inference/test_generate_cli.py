@@ -1,0 +1,32 @@
+"""scripts/generate.py end to end: text prompts through a tokenizer, a JSON last line, clean errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args):
+  return subprocess.run([sys.executable, str(ROOT / "scripts/generate.py"), *map(str, args)], capture_output=True,
+                        text=True, cwd=ROOT, timeout=600)
+
+
+def test_text_prompts_and_errors(tmp_path):
+  vocab = {w: i for i, w in enumerate(["<unk>", "<eos>"] + [f"w{i}" for i in range(510)])}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.save(str(tmp_path / "tokenizer.json"))
+  out = run("--config", "configs/target/tiny.py", "--tokenizer", tmp_path / "tokenizer.json", "--prompt", "w1 w2 w3",
+            "--prompt", "w4", "--max_new_tokens", "4", "--temperature", "0.9", "--top_p", "0.9")
+  assert out.returncode == 0, out.stderr
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert [len(o) for o in result["outputs"]] == [4, 4]
+  assert all(isinstance(t, str) for t in result["texts"])
+  bad = run("--config", "configs/target/tiny.py", "--prompt_ids", "5,6,700")
+  assert bad.returncode == 2 and "outside the vocabulary" in bad.stderr and "Traceback" not in bad.stderr
+  missing = run("--config", "configs/target/tiny.py", "--prompt", "w1")
+  assert missing.returncode == 2 and "needs a tokenizer" in missing.stderr
