@@ -71,6 +71,18 @@ def model_from_native(cfg: ModelConfig, get, rngs_seed: int = 0) -> Transformer:
   return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
+def config_for(path, native_names, **overrides) -> ModelConfig:
+  """config.json, with the MTP depth the checkpoint actually holds (transformers' exports carry none)."""
+  n_mtp = len({m.group(1) for n in native_names if (m := re.match(r"mtp\.(\d+)\.", n))})
+  cfg = read_config(path, **overrides)
+  if n_mtp != cfg.num_nextn_predict_layers:
+    if n_mtp:
+      log.warning("%s: config says %d MTP modules, checkpoint holds %d; using %d", path,
+                  cfg.num_nextn_predict_layers, n_mtp, n_mtp)
+    cfg = cfg.replace(num_nextn_predict_layers=n_mtp)
+  return cfg
+
+
 def from_pretrained(path: str | os.PathLike, **config_overrides) -> Transformer:
   """A dsv4 Transformer with the weights of a transformers-format (or DeepSeek-native) directory.
 
@@ -78,13 +90,7 @@ def from_pretrained(path: str | os.PathLike, **config_overrides) -> Transformer:
   """
   ckpt = NativeCheckpoint(path)  # also reads FP8/FP4 + scales, which safetensors' numpy reader cannot return
   native = {names_lib.normalize(k): k for k in ckpt.keys()}
-  n_mtp = len({m.group(1) for n in native if (m := re.match(r"mtp\.(\d+)\.", n))})
-  cfg = read_config(path, **config_overrides)
-  if n_mtp != cfg.num_nextn_predict_layers:
-    if n_mtp:
-      log.warning("%s: config says %d MTP modules, checkpoint holds %d; using %d", path,
-                  cfg.num_nextn_predict_layers, n_mtp, n_mtp)
-    cfg = cfg.replace(num_nextn_predict_layers=n_mtp)
+  cfg = config_for(path, native, **config_overrides)
   specs = names_lib.specs(cfg)
   check_tensors(specs, {n: ckpt.shape(k) for n, k in native.items()}, str(path))
   return model_from_native(cfg, lambda n: ckpt.get(native[n]))

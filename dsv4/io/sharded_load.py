@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Callable
 
 import jax
@@ -26,7 +25,6 @@ from tqdm import tqdm
 from dsv4.io import hf
 from dsv4.io import names as names_lib
 from dsv4.io.native_checkpoint import NativeCheckpoint, slice_bounds
-from dsv4.model.config import ModelConfig
 from dsv4.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -44,7 +42,7 @@ def load_sharded(path: str | os.PathLike, shardings: ShardingsFn | Sharding | nn
   """
   ckpt = NativeCheckpoint(path)
   native = {names_lib.normalize(k): k for k in ckpt.keys()}
-  cfg = _config(path, native, **config_overrides)
+  cfg = hf.config_for(path, native, **config_overrides)
   specs = names_lib.specs(cfg)
   hf.check_tensors(specs, {n: ckpt.shape(k) for n, k in native.items()}, str(path))
   sharding_of = _sharding_fn(shardings)
@@ -58,18 +56,6 @@ def load_sharded(path: str | os.PathLike, shardings: ShardingsFn | Sharding | nn
                                          _once_per_index(read_shard, var.dtype), dtype=var.dtype)
     leaves.append((path_, var.replace(value=value)))
   return nnx.merge(graphdef, nnx.from_flat_state(leaves))
-
-
-def _config(path, native_names, **overrides) -> ModelConfig:
-  """config.json, with the MTP depth the checkpoint holds (as hf.from_pretrained decides it)."""
-  n_mtp = len({m.group(1) for n in native_names if (m := re.match(r"mtp\.(\d+)\.", n))})
-  cfg = hf.read_config(path, **overrides)
-  if n_mtp != cfg.num_nextn_predict_layers:
-    if n_mtp:
-      log.warning("%s: config says %d MTP modules, checkpoint holds %d; using %d", path,
-                  cfg.num_nextn_predict_layers, n_mtp, n_mtp)
-    cfg = cfg.replace(num_nextn_predict_layers=n_mtp)
-  return cfg
 
 
 def _sharding_fn(shardings) -> ShardingsFn:
