@@ -6,6 +6,7 @@ layers, mHC with 4 streams, one MTP module. Variant `:bf16` (bfloat16 params and
 import ml_collections
 
 from dsv4.configs import apply_variants, model_section
+from dsv4.parallel.config import mesh_section
 
 
 def get_config(arg=None):
@@ -19,5 +20,7 @@ def get_config(arg=None):
       n_routed_experts=64, n_shared_experts=1, num_experts_per_tok=6, moe_intermediate_size=512,
       routed_scaling_factor=1.5, num_hash_layers=3, hc_mult=4,
       num_nextn_predict_layers=1, max_position_embeddings=65536)
+  config.mesh = mesh_section()  # fsdp=-1 fills the remaining devices
+  config.rules = ()  # overrides of dsv4.parallel.rules.DEFAULT_RULES
   apply_variants(config.model, arg, "base.py")
   return config

@@ -7,6 +7,7 @@ one host in fp32.
 import ml_collections
 
 from dsv4.configs import apply_variants, model_section
+from dsv4.parallel.config import mesh_section
 
 
 def get_config(arg=None):
@@ -23,5 +24,7 @@ def get_config(arg=None):
       scoring_func="sqrtsoftplus", routed_scaling_factor=1.5, num_hash_layers=3, swiglu_limit=10.0,
       hc_mult=4, hc_sinkhorn_iters=20, hc_eps=1e-6, rms_norm_eps=1e-6,
       num_nextn_predict_layers=1, max_position_embeddings=1048576)
+  config.mesh = mesh_section(expert=8)  # fsdp=-1 fills the remaining devices
+  config.rules = ()  # overrides of dsv4.parallel.rules.DEFAULT_RULES
   apply_variants(config.model, arg, "v4_flash.py")
   return config
