@@ -9,17 +9,22 @@ Experts are clamped SwiGLUs, computed by one of four interchangeable paths (`imp
 
   ragged_dot  dropless grouped matmuls: sort the T·k assignments by expert, `jax.lax.ragged_dot` ×3, unsort.
   tiled       dropless, megablox-style: the sorted groups are padded to multiples of a tile of t rows, so every
-              tile belongs to one expert; a static number of tiles runs as batched matmuls against each tile's
-              gathered expert weights. Static shapes throughout, no capacity, nothing dropped.
+              tile belongs to one expert; a static number of tiles (enough for any routing) holds them, and a
+              loop runs each used tile's matmuls against its expert's weights. Static shapes, no capacity.
   gather      decode-sized batches (T·k < E): gather just the chosen experts' weights per token.
   dense       reference: every expert on every token (tests only).
 
-`ragged` (the config value) means "dropless, best kernel": gather when T·k < E, else ragged_dot on TPU/GPU,
-where it lowers to a grouped-matmul kernel that does no padding work, and tiled on CPU, where XLA has no such
-kernel and ragged_dot runs slower than even the dense reference (scripts/bench_moe.py measures this).
+`ragged` (the config value) means "dropless, best kernel": gather when T·k < E; else ragged_dot off CPU (TPU
+lowers it to a native grouped matmul, GPU to cuDNN/hipBLASLt grouped GEMMs where they apply) and tiled on CPU.
+XLA:CPU expands ragged_dot into one dot over zero-masked copies of the rows for every group ([T·k, E·D] ×
+[E·D, I]: E times the flops of the real work), so there it is slower than even the dense reference. The
+choice is by backend, not measured per run: scripts/bench_moe.py times the three paths in one process
+(experiments/bench_moe/results.md).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -42,13 +47,14 @@ def default_hash_table(vocab_size: int, n_experts: int, k: int) -> np.ndarray:
 
 
 def tile_size(n_assign: int, n_experts: int) -> int:
-  """Rows per tile for `n_assign` assignments over `n_experts` experts (static, a power of two in [8, 128]).
+  """Rows per tile for N = `n_assign` assignments over E = `n_experts` experts: static, a power of two in [16, 128].
 
-  Padding costs up to min(E, N)·(t−1) rows and every tile one gather of its expert's weights, so t grows with the
-  mean group size N/E: the smallest power of two ≥ N/E, i.e. about one tile per busy expert.
+  Each non-empty group pads up to t − 1 rows, so t follows the mean group size N/E (the largest power of two not
+  above it): the static rows G·t < N + E·t + t stay within about 2N once N/E ≥ 16. Below 16 rows a tile's
+  matmul is dominated by reading its expert's weights.
   """
-  mean = -(-n_assign // max(n_experts, 1))
-  return int(min(max(8, 1 << max(mean - 1, 0).bit_length()), 128))
+  mean = max(n_assign // max(n_experts, 1), 1)
+  return int(min(max(16, 1 << (mean.bit_length() - 1)), 128))
 
 
 def n_tiles(n_assign: int, n_experts: int, tile: int) -> int:
@@ -61,8 +67,9 @@ def tile_layout(idx_TK, n_experts: int, tile: int):
 
   Groups sorted by expert start at multiples of `tile`; G = n_tiles(N, E, tile) tiles of `tile` rows (R = G·tile).
   Returns (src_R [R] int32: flat assignment index t·k + j of each row, N for a padding row;
-           expert_G [G] int32: the expert of each tile (tiles past the last group get E − 1, outputs unused);
-           row_N [N] int32: the row of each assignment).
+           expert_G [G] int32: the expert of each tile (tiles past the last group get E − 1);
+           row_N [N] int32: the row of each assignment;
+           used: int32 scalar, the tiles that hold assignments — tiles [used, G) are all padding).
   """
   N, E = idx_TK.size, n_experts
   G = n_tiles(N, E, tile)
@@ -71,13 +78,79 @@ def tile_layout(idx_TK, n_experts: int, tile: int):
   sorted_e = flat_e[order]
   size_E = jnp.bincount(flat_e, length=E).astype(jnp.int32)
   padded_E = (size_E + tile - 1) // tile * tile
-  start_E, pstart_E = jnp.cumsum(size_E) - size_E, jnp.cumsum(padded_E) - padded_E
+  end_E = jnp.cumsum(padded_E)
+  start_E, pstart_E = jnp.cumsum(size_E) - size_E, end_E - padded_E
   row_sorted = pstart_E[sorted_e] + jnp.arange(N, dtype=jnp.int32) - start_E[sorted_e]
   row_N = jnp.zeros((N,), jnp.int32).at[order].set(row_sorted, unique_indices=True)
   src_R = jnp.full((G * tile,), N, jnp.int32).at[row_sorted].set(order, unique_indices=True)
-  # Tile g starts at row g·t; its expert is the number of groups that end at or before that row.
-  expert_G = jnp.searchsorted(pstart_E + padded_E, jnp.arange(G, dtype=jnp.int32) * tile, side="right")
-  return src_R, jnp.minimum(expert_G, E - 1).astype(jnp.int32), row_N
+  # Tile g starts at row g·t; its expert is the number of groups that end at or before that row ([G, E] compares
+  # compile and run faster on CPU than searchsorted's loop).
+  expert_G = jnp.sum(end_E[None, :] <= jnp.arange(G, dtype=jnp.int32)[:, None] * tile, axis=1, dtype=jnp.int32)
+  return src_R, jnp.minimum(expert_G, E - 1), row_N, (end_E[-1] // tile).astype(jnp.int32)
+
+
+# --- tiled grouped SwiGLU ---------------------------------------------------------------------------------------
+# A loop over the used tiles, each a plain [t, D] × [D, I] matmul against its expert's weights read in place. On
+# XLA:CPU this beats the batched form (gathering a [G, D, I] copy of the weights per tile: tens of MB of fresh
+# memory per call) and skips the all-padding tiles. Autodiff of such a loop would add a full [E, D, I] zero-padded
+# weight gradient per tile, so the backward is written out: the same loop, accumulating into the tile's expert.
+
+def _tiled_swiglu_loop(x_GtD, expert_G, used, w_gate, w_up, w_down, limit, save: bool):
+  G, t, _ = x_GtD.shape
+  I, D = w_down.shape[1:]
+
+  def body(g, carry):
+    y_GtD, gate_GtI, up_GtI = carry
+    e, x_tD = expert_G[g], x_GtD[g]
+    gate_tI, up_tI = x_tD @ w_gate[e], x_tD @ w_up[e]
+    y_GtD = y_GtD.at[g].set(clamped_swiglu(gate_tI, up_tI, limit) @ w_down[e])
+    if save:
+      gate_GtI, up_GtI = gate_GtI.at[g].set(gate_tI), up_GtI.at[g].set(up_tI)
+    return y_GtD, gate_GtI, up_GtI
+
+  act = (G, t, I) if save else (0, t, I)
+  init = (jnp.zeros((G, t, D), x_GtD.dtype), jnp.zeros(act, x_GtD.dtype), jnp.zeros(act, x_GtD.dtype))
+  return jax.lax.fori_loop(0, used, body, init)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def tiled_swiglu(x_GtD, expert_G, used, w_gate_EDI, w_up_EDI, w_down_EID, limit):
+  """y[g] = clamped_swiglu(x[g] @ w_gate[e], x[g] @ w_up[e]) @ w_down[e], e = expert_G[g], for tiles g < used;
+  tiles ≥ used are left zero. Differentiable in x and the weights (limit is a Python float)."""
+  return _tiled_swiglu_loop(x_GtD, expert_G, used, w_gate_EDI, w_up_EDI, w_down_EID, limit, save=False)[0]
+
+
+def _tiled_swiglu_fwd(x_GtD, expert_G, used, w_gate, w_up, w_down, limit):
+  y, gate, up = _tiled_swiglu_loop(x_GtD, expert_G, used, w_gate, w_up, w_down, limit, save=True)
+  return y, (x_GtD, expert_G, used, w_gate, w_up, w_down, gate, up)
+
+
+def _tiled_swiglu_bwd(limit, res, dy_GtD):
+  x_GtD, expert_G, used, w_gate, w_up, w_down, gate_GtI, up_GtI = res
+  acc = jnp.promote_types(w_gate.dtype, jnp.float32)
+
+  def body(g, carry):
+    dx_GtD, dwg, dwu, dwd = carry
+    e, x_tD, dy_tD = expert_G[g], x_GtD[g], dy_GtD[g]
+    h_tI, swiglu_vjp = jax.vjp(lambda a, b: clamped_swiglu(a, b, limit), gate_GtI[g], up_GtI[g])
+    dgate_tI, dup_tI = swiglu_vjp((dy_tD @ w_down[e].T).astype(h_tI.dtype))
+    dx_GtD = dx_GtD.at[g].set((dgate_tI @ w_gate[e].T + dup_tI @ w_up[e].T).astype(dx_GtD.dtype))
+    # Weight gradients accumulate in ≥ fp32 in place (slice, add, write back), one expert's matrices per tile.
+    dwg = jax.lax.dynamic_update_index_in_dim(dwg, dwg[e] + jnp.dot(x_tD.T, dgate_tI, preferred_element_type=acc),
+                                              e, 0)
+    dwu = jax.lax.dynamic_update_index_in_dim(dwu, dwu[e] + jnp.dot(x_tD.T, dup_tI, preferred_element_type=acc),
+                                              e, 0)
+    dwd = jax.lax.dynamic_update_index_in_dim(dwd, dwd[e] + jnp.dot(h_tI.T, dy_tD, preferred_element_type=acc),
+                                              e, 0)
+    return dx_GtD, dwg, dwu, dwd
+
+  init = (jnp.zeros_like(x_GtD), jnp.zeros(w_gate.shape, acc), jnp.zeros(w_up.shape, acc),
+          jnp.zeros(w_down.shape, acc))
+  dx, dwg, dwu, dwd = jax.lax.fori_loop(0, used, body, init)
+  return dx, None, None, dwg.astype(w_gate.dtype), dwu.astype(w_up.dtype), dwd.astype(w_down.dtype)
+
+
+tiled_swiglu.defvjp(_tiled_swiglu_fwd, _tiled_swiglu_bwd)
 
 
 def score_fn(name: str, logits):
@@ -122,7 +195,7 @@ class MoE(nnx.Module):
     return w_TK, idx_TK.astype(jnp.int32), scores_TE
 
   def experts_ragged(self, x_TD, w_TK, idx_TK):
-    """Dropless (`impl="ragged_dot"`): sort the T·k assignments by expert, two grouped matmuls, unsort, weight and sum."""
+    """Dropless (`impl="ragged_dot"`): sort the T·k assignments by expert, grouped matmuls, unsort, weight, sum."""
     T, K = idx_TK.shape
     flat_e = idx_TK.reshape(-1)
     order = jnp.argsort(flat_e, stable=True)
@@ -136,22 +209,18 @@ class MoE(nnx.Module):
     return jnp.einsum("tkd,tk->td", y_TKD.astype(jnp.float32), w_TK).astype(self.dtype)
 
   def experts_tiled(self, x_TD, w_TK, idx_TK, tile: int | None = None):
-    """Dropless, static shapes: tiles of t rows, one expert each, as batched matmuls "gtd,gdi->gti"."""
+    """Dropless, static shapes (megablox-style): the sorted assignments padded per expert to tiles of t rows,
+    G = n_tiles(T·k, E, t) tiles of one expert each, tiled_swiglu over them, rows gathered back in order."""
     T, K = idx_TK.shape
     N, D = T * K, x_TD.shape[-1]
     t = tile or tile_size(N, self.n_experts)
-    src_R, expert_G, row_N = tile_layout(idx_TK, self.n_experts, t)
-    G = expert_G.shape[0]
+    src_R, expert_G, row_N, used = tile_layout(idx_TK, self.n_experts, t)
     valid_R = src_R < N
     # Padding rows are zeros, so they stay finite whatever their tile's weights; their outputs are never read.
     x_RD = jnp.where(valid_R[:, None], x_TD[jnp.where(valid_R, src_R // K, 0)], 0).astype(self.dtype)
-    x_GtD = x_RD.reshape(G, t, D)
-    wg = self.w_gate[...].astype(self.dtype)[expert_G]  # [G, D, I]
-    wu = self.w_up[...].astype(self.dtype)[expert_G]
-    wd = self.w_down[...].astype(self.dtype)[expert_G]  # [G, I, D]
-    h = clamped_swiglu(jnp.einsum("gtd,gdi->gti", x_GtD, wg), jnp.einsum("gtd,gdi->gti", x_GtD, wu), self.limit)
-    y_RD = jnp.einsum("gti,gid->gtd", h, wd).reshape(G * t, D)
-    y_TKD = y_RD[row_N].reshape(T, K, D)
+    y_GtD = tiled_swiglu(x_RD.reshape(-1, t, D), expert_G, used, self.w_gate[...].astype(self.dtype),
+                         self.w_up[...].astype(self.dtype), self.w_down[...].astype(self.dtype), self.limit)
+    y_TKD = y_GtD.reshape(-1, D)[row_N].reshape(T, K, D)
     return jnp.einsum("tkd,tk->td", y_TKD.astype(jnp.float32), w_TK).astype(self.dtype)
 
   def experts_gather(self, x_TD, w_TK, idx_TK):
@@ -173,7 +242,7 @@ class MoE(nnx.Module):
     combine_TE = jnp.sum(jax.nn.one_hot(idx_TK, self.n_experts, dtype=jnp.float32) * w_TK[..., None], axis=1)
     return jnp.einsum("ted,te->td", y_TED.astype(jnp.float32), combine_TE).astype(self.dtype)
 
-  def experts(self, impl: str, n_assign: int):
+  def expert_path(self, impl: str, n_assign: int):
     """The expert path for `impl` (EXPERT_IMPLS) and a static number of assignments T·k; "ragged" picks one."""
     if impl == "ragged":
       if n_assign < self.n_experts:  # decode steps: reading k·T expert matrices beats reading all E
@@ -191,7 +260,7 @@ class MoE(nnx.Module):
     B, T, D = x_BTD.shape
     x_TD = x_BTD.reshape(B * T, D)
     w_TK, idx_TK, _ = self.route(x_TD, None if ids_BT is None else ids_BT.reshape(-1))
-    y = self.experts(impl or self.impl, B * T * self.top_k)(x_TD, w_TK, idx_TK).reshape(B, T, D)
+    y = self.expert_path(impl or self.impl, B * T * self.top_k)(x_TD, w_TK, idx_TK).reshape(B, T, D)
     if self.shared is not None:
       y = y + self.shared(x_BTD)
     return y, idx_TK.reshape(B, T, -1)
