@@ -101,8 +101,12 @@ def main(argv):
       sys.exit(f"error: no mesh of up to {_MAX_DEVICES.value} devices fits ({tried} tried); raise --max_devices, "
                "lower --batch/--seq, or pick a larger device.")
   else:
+    n_devices = _N_DEVICES.value
+    if n_devices is None and -1 in sizes.values():  # a "fill" axis with nothing to fill: plan the fixed axes alone
+      n_devices = math.prod(v for k, v in sizes.items() if v != -1 and not k.startswith("dcn_"))
+      print(f"note: no --n_devices; a -1 (fill) axis takes size 1, planning {n_devices} device(s)")
     try:
-      result = plan_lib.plan(cfg, abstract_mesh(sizes, _N_DEVICES.value), rules, **kw)
+      result = plan_lib.plan(cfg, abstract_mesh(sizes, n_devices), rules, **kw)
     except (ConfigError, ShardingError) as e:  # MeshError is a ConfigError
       sys.exit(f"error: {e}")
   print(f"config {spec}")

@@ -12,7 +12,7 @@ from typing import Any
 
 ATTENTION_KINDS = {0: "sliding", 4: "csa", 128: "hca"}
 SCORING_FUNCS = ("sqrtsoftplus", "sigmoid", "softmax")
-MOE_IMPLS = ("ragged", "dense")
+MOE_IMPLS = ("ragged", "ragged_dot", "tiled", "gather", "dense")  # "ragged": dropless, best kernel for the backend
 DTYPES = ("float32", "bfloat16", "float16")
 
 
