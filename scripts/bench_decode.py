@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import dsv4  # noqa: E402
+from dsv4.benchmarking import write_results  # noqa: E402
 from dsv4.configs import load_config, model_config  # noqa: E402
 from dsv4.io.hf import save_pretrained  # noqa: E402
 
@@ -89,13 +90,9 @@ def main(argv=None):
             "greedy_tokens_matching": f"{match}/{N}"}
   print("\n".join(table))
   if args.out:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = "python scripts/bench_decode.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    (out / "results.md").write_text(
-        f"# bench_decode\n\nCommand: `{cmd}`\n\nSame random weights and prompt, greedy, batch 1, median of "
-        f"{args.repeats} after warm-up, one process, CPU.\n\n" + "\n".join(table) +
-        f"\n\nGreedy tokens matching: {match}/{N}.\n\n```json\n{json.dumps(result, indent=2)}\n```\n")
+    write_results(args.out, "scripts/bench_decode.py", argv,
+                  f"Same random weights and prompt, greedy, batch 1, median of {args.repeats} after warm-up, one "
+                  "process, CPU.", table, result, extra=f"Greedy tokens matching: {match}/{N}.")
   print(json.dumps(result))
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from dsv4.benchmarking import write_results  # noqa: E402
 from dsv4.configs import load_config, model_config  # noqa: E402
 from dsv4.model.moe import MoE, n_tiles, tile_layout, tile_size  # noqa: E402
 
@@ -116,17 +117,14 @@ def main(argv=None):
            "| --- | --- | --- | --- | --- | --- | --- |"] + rows
   print("\n".join(table))
   if args.out:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = "python scripts/bench_moe.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    (out / "results.md").write_text(
-        f"# bench_moe\n\nCommand: `{cmd}`\n\nOne MoE layer of `{args.config}` ({E} experts, top-{K}, hidden {D}, "
-        f"expert intermediate {cfg.moe_intermediate_size}, fp32), whole layer jitted (router, routed experts, "
-        f"shared expert); forward and forward+backward (gradients of params and input). Median of {args.repeats} "
-        f"after warm-up, the paths taken in turn each repetition, one process, backend `{jax.default_backend()}`. "
-        "Ratios are the other path's time over tiled's.\n\n" + "\n".join(table) +
-        f"\n\n```json\n{json.dumps(result, indent=2)}\n```\n")
-    result["results_md"] = str(out / "results.md")
+    path = write_results(
+        args.out, "scripts/bench_moe.py", argv,
+        f"One MoE layer of `{args.config}` ({E} experts, top-{K}, hidden {D}, expert intermediate "
+        f"{cfg.moe_intermediate_size}, fp32), whole layer jitted (router, routed experts, shared expert); forward and "
+        f"forward+backward (gradients of params and input). Median of {args.repeats} after warm-up, the paths taken "
+        f"in turn each repetition, one process, backend `{jax.default_backend()}`. Ratios are the other path's time "
+        "over tiled's.", table, result)
+    result["results_md"] = str(path)
   print(json.dumps(result))
 
 
