@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dsv4.io.checkpoint import load_model, save_model  # noqa: E402
 from dsv4.io.hf import from_pretrained, save_pretrained  # noqa: E402
+from dsv4.parallel import distributed  # noqa: E402
 
 
 def main(argv=None):
@@ -22,7 +23,12 @@ def main(argv=None):
   p.add_argument("--dst", required=True, help="destination directory (must not exist unless --overwrite)")
   p.add_argument("--to-hf", action="store_true", help="dsv4 checkpoint → transformers format")
   p.add_argument("--overwrite", action="store_true")
+  distributed.add_flags(p)
   args = p.parse_args(argv)
+  try:
+    distributed.from_args(args)
+  except ValueError as e:
+    p.error(str(e))
   src, dst = Path(args.src), Path(args.dst)
   if not src.exists():
     p.error(f"--src {src}: does not exist")
@@ -31,10 +37,13 @@ def main(argv=None):
   t0 = time.time()
   if args.to_hf:
     model = load_model(src)
-    save_pretrained(model, dst, overwrite=args.overwrite)
+    if distributed.is_main():  # one writer for plain safetensors files
+      save_pretrained(model, dst, overwrite=args.overwrite)
   else:
     model = from_pretrained(src)
-    save_model(model, dst, overwrite=args.overwrite)
+    save_model(model, dst, overwrite=args.overwrite)  # orbax saves collectively across processes
+  if not distributed.is_main():
+    return
   print(json.dumps({"src": str(src), "dst": str(dst), "direction": "dsv4->hf" if args.to_hf else "hf->dsv4",
                     "num_hidden_layers": model.config.num_hidden_layers, "seconds": round(time.time() - t0, 2)}))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dsv4  # noqa: E402
+from dsv4.parallel import distributed  # noqa: E402
 
 
 def load_model(args):
@@ -56,7 +57,12 @@ def main(argv=None):
   p.add_argument("--top_k", type=int, default=0)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--eos_id", type=int, default=None)
+  distributed.add_flags(p)
   args = p.parse_args(argv)
+  try:
+    distributed.from_args(args)
+  except ValueError as e:
+    p.error(str(e))
 
   tok_path = find_tokenizer(args)
   tokenizer = None
@@ -81,6 +87,8 @@ def main(argv=None):
     p.error(str(e))
   seconds = time.time() - t0
   texts = [tokenizer.decode(o) for o in outputs] if tokenizer is not None else None
+  if not distributed.is_main():
+    return
   for i, o in enumerate(outputs):
     print(f"[{i}] {texts[i] if texts else o}")
   print(json.dumps({"outputs": outputs, "texts": texts, "seconds": round(seconds, 3)}))
