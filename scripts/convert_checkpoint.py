@@ -23,12 +23,7 @@ def main(argv=None):
   p.add_argument("--dst", required=True, help="destination directory (must not exist unless --overwrite)")
   p.add_argument("--to-hf", action="store_true", help="dsv4 checkpoint → transformers format")
   p.add_argument("--overwrite", action="store_true")
-  distributed.add_flags(p)
-  args = p.parse_args(argv)
-  try:
-    distributed.from_args(args)
-  except ValueError as e:
-    p.error(str(e))
+  args = distributed.parse_args(p, argv)
   src, dst = Path(args.src), Path(args.dst)
   if not src.exists():
     p.error(f"--src {src}: does not exist")

@@ -57,12 +57,7 @@ def main(argv=None):
   p.add_argument("--top_k", type=int, default=0)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--eos_id", type=int, default=None)
-  distributed.add_flags(p)
-  args = p.parse_args(argv)
-  try:
-    distributed.from_args(args)
-  except ValueError as e:
-    p.error(str(e))
+  args = distributed.parse_args(p, argv)
 
   tok_path = find_tokenizer(args)
   tokenizer = None

@@ -52,6 +52,17 @@ def from_args(args: argparse.Namespace) -> bool:
   return initialize(args.coordinator_address, args.num_processes, args.process_id)
 
 
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+  """Adds the multi-process flags, parses, and starts jax.distributed; bad flags exit via parser.error."""
+  add_flags(parser)
+  args = parser.parse_args(argv)
+  try:
+    from_args(args)
+  except ValueError as e:
+    parser.error(str(e))
+  return args
+
+
 def is_main() -> bool:
   """Process 0 writes logs, results and the final JSON line; checkpoints are written collectively."""
   return jax.process_index() == 0
