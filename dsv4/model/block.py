@@ -23,10 +23,14 @@ class Block(nnx.Module):
     self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
     self.ffn = MoE(cfg, is_hash, **kw)
 
-  def __call__(self, streams_BTND, ids_BT, moe_impl: str | None = None):
-    """Returns (streams [B, T, N, D], routed expert ids [B, T, k])."""
+  def __call__(self, streams_BTND, ids_BT, moe_impl: str | None = None, attention=None):
+    """Returns (streams [B, T, N, D], routed expert ids [B, T, k]).
+
+    `attention` (x_BTD -> out_BTD) replaces the whole-sequence `self.attn`; the decode path passes one that
+    reads and updates its cache.
+    """
     pre, post, comb = self.attn_hc.weights(streams_BTND)
-    x = self.attn(self.attn_norm(self.attn_hc.collapse(streams_BTND, pre)))
+    x = (attention or self.attn)(self.attn_norm(self.attn_hc.collapse(streams_BTND, pre)))
     streams_BTND = HyperConnection.expand(streams_BTND, x, post, comb)
     pre, post, comb = self.ffn_hc.weights(streams_BTND)
     y, experts_BTK = self.ffn(self.ffn_norm(self.ffn_hc.collapse(streams_BTND, pre)), ids_BT, impl=moe_impl)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from dsv4.model.attention import Attention, attend
 from dsv4.model.compressor import Compressor, compressed_visible
 from dsv4.model.config import ModelConfig
-from dsv4.model.hyper import HyperConnection
+from dsv4.model.hyper import stream_mean
 from dsv4.model.layers import DTYPES
 
 
@@ -175,16 +175,14 @@ def extend(model, state: DecodeState, tokens_BN, n_valid_B=None, tap_layers: tup
   streams = jnp.broadcast_to(model.embed_tokens(tokens_BN)[:, :, None, :], (B, N, cfg.hc_mult, cfg.hidden_size))
   caches, taps = [], {}
   for i, (layer, cache) in enumerate(zip(model.layers, state.layers, strict=True)):
-    pre, post, comb = layer.attn_hc.weights(streams)
-    x = layer.attn_norm(layer.attn_hc.collapse(streams, pre))
-    a, cache = attention_extend(layer.attn, x, pos_BN, valid_BN, new_len_B, cache)
-    streams = HyperConnection.expand(streams, a, post, comb)
-    pre, post, comb = layer.ffn_hc.weights(streams)
-    y, _ = layer.ffn(layer.ffn_norm(layer.ffn_hc.collapse(streams, pre)), tokens_BN)
-    streams = HyperConnection.expand(streams, y, post, comb)
-    caches.append(cache)
+    def cached_attention(x_BND, attn=layer.attn, cache=cache):
+      out, new_cache = attention_extend(attn, x_BND, pos_BN, valid_BN, new_len_B, cache)
+      caches.append(new_cache)
+      return out
+
+    streams, _ = layer(streams, tokens_BN, attention=cached_attention)
     if i in tap_layers:
-      taps[i] = jnp.mean(streams.astype(jnp.float32), axis=2).astype(streams.dtype)
+      taps[i] = stream_mean(streams)
   final = model.norm(model.hc_head(streams))
   out = ExtendOutput(logits_BNV=model.head(final), final_hidden_BND=final, streams_BNHD=streams,
                      taps_BNLD=jnp.stack([taps[i] for i in tap_layers], axis=2) if tap_layers else None)

@@ -68,3 +68,8 @@ class HyperHead(nnx.Module):
     flat = rms_normalize(streams_BTND.reshape(B, T, N * D), self.norm_eps)
     pre = jax.nn.sigmoid(jnp.dot(flat, self.fn[...]) * self.scale[...][0] + self.base[...]) + self.hc_eps
     return jnp.einsum("btn,btnd->btd", pre, streams_BTND.astype(jnp.float32)).astype(streams_BTND.dtype)
+
+
+def stream_mean(streams_BTND):
+  """The streams averaged in fp32: what taps (hidden states after a layer) expose to drafters."""
+  return jnp.mean(streams_BTND.astype(jnp.float32), axis=2).astype(streams_BTND.dtype)

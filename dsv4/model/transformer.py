@@ -15,7 +15,7 @@ from flax import nnx
 
 from dsv4.model.block import Block
 from dsv4.model.config import ModelConfig
-from dsv4.model.hyper import HyperHead
+from dsv4.model.hyper import HyperHead, stream_mean
 from dsv4.model.layers import DTYPES, KeySeq, RMSNorm, param
 from dsv4.model.mtp import MTPModule
 
@@ -67,7 +67,7 @@ class Transformer(nnx.Module):
       streams, experts_BTK = layer(streams, input_ids_BT, moe_impl)
       experts.append(experts_BTK)
       if i in tap_layers:
-        taps[i] = jnp.mean(streams.astype(jnp.float32), axis=2).astype(streams.dtype)
+        taps[i] = stream_mean(streams)
     final_BTD = self.norm(self.hc_head(streams))
     out = TargetOutput(
         logits_BTV=self.head(final_BTD), final_hidden_BTD=final_BTD, streams_BTND=streams,
