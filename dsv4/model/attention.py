@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dsv4.model.compressor import Compressor, compressed_visible
+from dsv4.model.compressor import Compressor, compressed_visible, entry_segments
 from dsv4.model.config import ModelConfig
 from dsv4.model.indexer import Indexer
 from dsv4.model.layers import Linear, RMSNorm, param, rms_normalize
@@ -26,15 +26,18 @@ from dsv4.model.rope import apply_rope, layer_inv_frequencies
 
 
 def attend(q_BTHK, kv_BSK, q_pos_BT, kv_pos_BS, kv_valid_BS, window: int, sinks_H, scale: float,
-           comp_BCK=None, comp_mask_BTC=None):
+           comp_BCK=None, comp_mask_BTC=None, q_segment_BT=None, kv_segment_BS=None):
   """Softmax attention with a learned per-head sink logit, in fp32. Returns [B, T, H, K] in q's dtype.
 
-  A local key s is visible to query t iff valid, kv_pos ≤ q_pos and kv_pos > q_pos − window.
+  A local key s is visible to query t iff valid, kv_pos ≤ q_pos, kv_pos > q_pos − window and (packed rows)
+  both lie in the same document. The sink keeps every softmax row finite, padding rows included.
   """
   q = q_BTHK.astype(jnp.float32)
   local_BHTS = jnp.einsum("bthk,bsk->bhts", q, kv_BSK.astype(jnp.float32)) * scale
   d = q_pos_BT[:, :, None] - kv_pos_BS[:, None, :]
   local_mask_BTS = (d >= 0) & (d < window) & kv_valid_BS[:, None, :]
+  if q_segment_BT is not None:
+    local_mask_BTS &= q_segment_BT[:, :, None] == kv_segment_BS[:, None, :]
   parts = [jnp.where(local_mask_BTS[:, None], local_BHTS, -jnp.inf)]
   if comp_BCK is not None:
     comp_BHTC = jnp.einsum("bthk,bck->bhtc", q, comp_BCK.astype(jnp.float32)) * scale
@@ -94,22 +97,31 @@ class Attention(nnx.Module):
     return self.o_b_proj(mid_BTGR.reshape(B, T, -1))
 
   # --- whole-sequence forward --------------------------------------------------------------------
-  def __call__(self, x_BTD):
-    """Whole sequence from position 0 (compressed windows are laid out from 0; decode uses the cache path)."""
+  def __call__(self, x_BTD, positions_BT=None, segment_ids_BT=None):
+    """Whole rows (decode uses the cache path). Plain rows are one sequence from position 0.
+
+    Packed rows pass `positions_BT` (RoPE positions, restarting per document) and `segment_ids_BT`; masks
+    follow row slots and documents, so documents must start at multiples of the compression ratios for
+    their compressed windows to match a lone run (the packer aligns them).
+    """
     B, T, _ = x_BTD.shape
-    pos_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    slot_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    pos_BT = slot_BT if positions_BT is None else positions_BT
     q_BTHK, q_residual = self.queries(x_BTD, pos_BT)
     kv_BTK = self.keys(x_BTD, pos_BT)
     comp_BCK = comp_mask = None
     if self.compressor is not None and T >= self.ratio:
-      comp_BCK = self.compressor(x_BTD)
+      comp_BCK = self.compressor(x_BTD, positions_BT, segment_ids_BT)
+      C = comp_BCK.shape[1]
+      seg_BC = None if segment_ids_BT is None else entry_segments(segment_ids_BT, C, self.ratio)
+      visible = compressed_visible(slot_BT, C, self.ratio, segment_ids_BT, seg_BC)
       if self.indexer is not None:
-        index_keys = self.indexer.compressor(x_BTD)
+        index_keys = self.indexer.compressor(x_BTD, positions_BT, segment_ids_BT)
         scores = self.indexer.scores(x_BTD, q_residual, pos_BT, index_keys)
-        comp_mask = self.indexer.select(scores, pos_BT)
+        comp_mask = self.indexer.select(scores, slot_BT, visible)
       else:
-        comp_mask = compressed_visible(pos_BT, comp_BCK.shape[1], self.ratio)
-    o = attend(q_BTHK, kv_BTK, pos_BT, pos_BT, jnp.ones((B, T), bool), self.window, self.sinks[...],
-               self.head_dim**-0.5, comp_BCK, comp_mask)
+        comp_mask = visible
+    o = attend(q_BTHK, kv_BTK, slot_BT, slot_BT, jnp.ones((B, T), bool), self.window, self.sinks[...],
+               self.head_dim**-0.5, comp_BCK, comp_mask, segment_ids_BT, segment_ids_BT)
     return self.output(o, pos_BT)
 

@@ -40,10 +40,12 @@ class Indexer(nnx.Module):
     w_BTH = self.weights_proj(x_BTD).astype(jnp.float32) * self.n_heads**-0.5
     return jnp.einsum("bthc,bth->btc", dots_BTHC, w_BTH)
 
-  def select(self, scores_BTC, q_pos_BT):
-    """Mask [B, T, C]: entry chosen among the top-k of the visible entries, and visible."""
+  def select(self, scores_BTC, q_pos_BT, visible_BTC=None):
+    """Mask [B, T, C]: entry chosen among the top-k of the visible entries, and visible.
+
+    `visible_BTC` overrides causal visibility (packed rows add the document mask)."""
     B, T, C = scores_BTC.shape
-    visible = compressed_visible(q_pos_BT, C, self.ratio)
+    visible = compressed_visible(q_pos_BT, C, self.ratio) if visible_BTC is None else visible_BTC
     k = min(self.topk, C)
     if k >= C:
       return visible

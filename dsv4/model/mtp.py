@@ -11,6 +11,8 @@ normalised and projected, added per stream).
 
 from __future__ import annotations
 
+import functools
+
 from flax import nnx
 
 from dsv4.model.block import Block
@@ -32,11 +34,12 @@ class MTPModule(nnx.Module):
     self.hc_head = HyperHead(D, cfg.hc_mult, cfg.hc_eps, cfg.rms_norm_eps, rngs=rngs)
     self.norm = RMSNorm(D, cfg.rms_norm_eps)
 
-  def __call__(self, streams_BTND, next_embed_BTD, moe_impl=None):
+  def __call__(self, streams_BTND, next_embed_BTD, moe_impl=None, positions_BT=None, segment_ids_BT=None):
     """Returns (final-normed hidden [B, T, D], new streams [B, T, N, D])."""
     e = self.e_proj(self.enorm(next_embed_BTD))
     x = e[:, :, None, :] + self.h_proj(self.hnorm(streams_BTND))
-    x, _ = self.block(x.astype(streams_BTND.dtype), None, moe_impl)
+    attention = functools.partial(self.block.attn, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT)
+    x, _ = self.block(x.astype(streams_BTND.dtype), None, moe_impl, attention)
     return self.norm(self.hc_head(x)), x
 
 

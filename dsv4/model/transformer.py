@@ -8,6 +8,7 @@ state; and the MTP modules' logits on request.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -58,13 +59,16 @@ class Transformer(nnx.Module):
     return jnp.dot(hidden_BTD.astype(self.dtype), self.lm_head[...].astype(self.dtype)).astype(jnp.float32)
 
   def forward(self, input_ids_BT, *, tap_layers: tuple[int, ...] = (), with_mtp: bool = False,
-              moe_impl: str | None = None) -> TargetOutput:
+              moe_impl: str | None = None, positions_BT=None, segment_ids_BT=None) -> TargetOutput:
+    """Packed rows (several documents per row, see `dsv4.data.packing`) pass `positions_BT` and
+    `segment_ids_BT`; no token then attends across a document boundary."""
     B, T = input_ids_BT.shape
     streams = jnp.broadcast_to(self.embed_tokens(input_ids_BT)[:, :, None, :],
                                (B, T, self.config.hc_mult, self.config.hidden_size))
+    packed = dict(positions_BT=positions_BT, segment_ids_BT=segment_ids_BT)
     taps, experts = {}, []
     for i, layer in enumerate(self.layers):
-      streams, experts_BTK = layer(streams, input_ids_BT, moe_impl)
+      streams, experts_BTK = layer(streams, input_ids_BT, moe_impl, functools.partial(layer.attn, **packed))
       experts.append(experts_BTK)
       if i in tap_layers:
         taps[i] = stream_mean(streams)
@@ -74,10 +78,10 @@ class Transformer(nnx.Module):
         taps_BTLD=jnp.stack([taps[i] for i in tap_layers], axis=2) if tap_layers else None,
         experts_LBTK=jnp.stack(experts))
     if with_mtp and len(self.mtp):
-      out.mtp_logits_KBTV = self.mtp_logits(streams, input_ids_BT, moe_impl=moe_impl)
+      out.mtp_logits_KBTV = self.mtp_logits(streams, input_ids_BT, moe_impl=moe_impl, **packed)
     return out
 
-  def mtp_logits(self, streams_BTND, input_ids_BT, moe_impl=None):
+  def mtp_logits(self, streams_BTND, input_ids_BT, moe_impl=None, positions_BT=None, segment_ids_BT=None):
     """MTP-k chained: module k reads the streams of module k−1 and the token k + 1 steps ahead.
 
     Returns [K, B, T, V]; positions whose look-ahead token falls past the end see token id 0 (their
@@ -87,7 +91,7 @@ class Transformer(nnx.Module):
     out = []
     for k, module in enumerate(self.mtp):
       ahead = jnp.concatenate([input_ids_BT[:, k + 1:], jnp.zeros((B, k + 1), input_ids_BT.dtype)], axis=1)
-      hidden, streams_BTND = module(streams_BTND, self.embed_tokens(ahead), moe_impl)
+      hidden, streams_BTND = module(streams_BTND, self.embed_tokens(ahead), moe_impl, positions_BT, segment_ids_BT)
       out.append(self.head(hidden))
     return jnp.stack(out)
 

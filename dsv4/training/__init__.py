@@ -1,0 +1,1 @@
+"""Training utilities: checkpoints, TensorBoard logs, progress bars; one module per concern, imported directly."""

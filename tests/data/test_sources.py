@@ -1,0 +1,127 @@
+"""load_documents: every local layout yields the same texts in the same order; bad sources fail early and clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import datasets  # noqa: E402
+import pytest  # noqa: E402
+
+from dsv4.data import DataError, documents_text, load_documents, render_chat  # noqa: E402
+
+ROWS = [{"text": f"document {i}: " + "word " * (i % 7), "n": i} for i in range(50)]
+TEXTS = [r["text"] for r in ROWS]
+
+
+def _jsonl(path, rows):
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def _load(source, tmp_path, **kw):
+  return load_documents(str(source), cache_dir=str(tmp_path / "hf_cache"), **kw)
+
+
+def test_every_local_layout_gives_the_same_texts(tmp_path):
+  table = datasets.Dataset.from_list(ROWS)
+  sources = {"jsonl": _jsonl(tmp_path / "docs.jsonl", ROWS)}
+  table.to_parquet(str(tmp_path / "docs.parquet"))
+  sources["parquet"] = tmp_path / "docs.parquet"
+  (tmp_path / "txt").mkdir()
+  (tmp_path / "txt" / "docs.txt").write_text("".join(t + "\n" for t in TEXTS))
+  sources["txt"] = tmp_path / "txt" / "docs.txt"
+  shards = tmp_path / "shards"
+  shards.mkdir()
+  _jsonl(shards / "part-00.jsonl", ROWS[:20])
+  _jsonl(shards / "part-01.jsonl", ROWS[20:])
+  (shards / "README.md").write_text("ignored: not a data file type")
+  sources["shards"] = shards
+  table.save_to_disk(str(tmp_path / "saved"))
+  sources["save_to_disk"] = tmp_path / "saved"
+  datasets.DatasetDict({"train": table, "test": table.select(range(3))}).save_to_disk(str(tmp_path / "saved_dict"))
+  sources["save_to_disk_dict"] = tmp_path / "saved_dict"
+
+  for name, source in sources.items():
+    ds = _load(source, tmp_path)
+    assert isinstance(ds, datasets.Dataset), name
+    assert list(documents_text(ds, batch_size=16)) == TEXTS, name
+  assert len(_load(tmp_path / "saved_dict", tmp_path, split="test")) == 3
+  streamed = _load(sources["jsonl"], tmp_path, streaming=True)
+  assert isinstance(streamed, datasets.IterableDataset)
+  assert list(documents_text(streamed)) == TEXTS
+
+
+def test_hub_names_stream_through_load_dataset(monkeypatch):
+  calls = []
+  fake = datasets.Dataset.from_list(ROWS[:2]).to_iterable_dataset()
+  monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: calls.append((a, kw)) or fake)
+  assert load_documents("someone/some-corpus") is fake
+  assert calls[0][0] == ("someone/some-corpus",) and calls[0][1]["streaming"] is True
+  load_documents("corpus", split="validation", streaming=False)
+  assert calls[1][0] == ("corpus",) and calls[1][1]["split"] == "validation" and calls[1][1]["streaming"] is False
+
+
+@pytest.mark.parametrize("missing", ["./nope", "/no/such/dir", "~/no-such-file", "nope.jsonl", "a/b/c"])
+def test_missing_path_is_not_sent_to_the_hub(missing, monkeypatch):
+  monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: pytest.fail("must not reach load_dataset"))
+  with pytest.raises(DataError, match="no such file or directory"):
+    load_documents(missing)
+
+
+def test_directory_errors(tmp_path):
+  (tmp_path / "notes.md").write_text("x")
+  with pytest.raises(DataError, match="no txt/json/jsonl/parquet/arrow files"):
+    load_documents(str(tmp_path))
+  _jsonl(tmp_path / "a.jsonl", ROWS[:2])
+  (tmp_path / "b.txt").write_text("x\n")
+  with pytest.raises(DataError, match="several types"):
+    load_documents(str(tmp_path))
+
+
+def test_unsupported_file_type(tmp_path):
+  (tmp_path / "docs.csv").write_text("text\nx\n")
+  with pytest.raises(DataError, match="unsupported file type '.csv'"):
+    load_documents(str(tmp_path / "docs.csv"))
+
+
+def test_empty_dataset(tmp_path):
+  (tmp_path / "empty.jsonl").write_text("")
+  with pytest.raises(DataError, match="empty dataset"):
+    _load(tmp_path / "empty.jsonl", tmp_path)
+  datasets.Dataset.from_dict({"text": []}).save_to_disk(str(tmp_path / "saved"))
+  with pytest.raises(DataError, match="empty dataset"):
+    _load(tmp_path / "saved", tmp_path)
+
+
+def test_missing_text_field_names_the_columns(tmp_path):
+  path = _jsonl(tmp_path / "docs.jsonl", ROWS[:3])
+  with pytest.raises(DataError, match=r"no column 'body'; available columns: text, n"):
+    _load(path, tmp_path, text_field="body")
+
+
+def test_missing_split_lists_the_splits(tmp_path):
+  datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS[:2])}).save_to_disk(str(tmp_path / "saved"))
+  with pytest.raises(DataError, match="no split 'test'; available splits: train"):
+    _load(tmp_path / "saved", tmp_path, split="test")
+
+
+def test_render_chat_spans_cover_exactly_the_assistant_replies():
+  messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+              {"role": "assistant", "content": "hello!"}, {"role": "user", "content": ""},
+              {"role": "assistant", "content": "two\nlines"}]
+  text, spans = render_chat(messages)
+  assert text == "<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\nhello!\n<|user|>\n\n<|assistant|>\ntwo\nlines\n"
+  assert [text[a:b] for a, b in spans] == ["hello!", "two\nlines"]
+  with pytest.raises(DataError, match="chat message 0"):
+    render_chat([{"role": "user"}])
+
+
+def test_chat_dataset_renders_messages(tmp_path):
+  rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+          for i in range(4)]
+  ds = _load(_jsonl(tmp_path / "chat.jsonl", rows), tmp_path)
+  assert list(documents_text(ds)) == [render_chat(r["messages"])[0] for r in rows]
