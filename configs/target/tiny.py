@@ -8,6 +8,7 @@ import ml_collections
 
 from dsv4.configs import apply_variants, model_section
 from dsv4.parallel.config import mesh_section
+from dsv4.training.config import data_section, train_section
 
 
 def get_config(arg=None):
@@ -23,5 +24,8 @@ def get_config(arg=None):
       num_nextn_predict_layers=1, max_position_embeddings=4096)
   config.mesh = mesh_section()  # fsdp=-1 fills the remaining devices
   config.rules = ()  # overrides of dsv4.parallel.rules.DEFAULT_RULES
+  config.train = train_section(steps=200, batch_size=8, checkpoint_every=50, eval_every=50, eval_batches=8)
+  # The embedded corpus with its own 512-token BPE (the model's vocabulary).
+  config.data = data_section(corpus_dir="data/stdlib_corpus_v512", corpus_vocab_size=512, seq_len=256)
   apply_variants(config.model, arg, "tiny.py")
   return config

@@ -52,6 +52,49 @@ def attend(q_BTHK, kv_BSK, q_pos_BT, kv_pos_BS, kv_valid_BS, window: int, sinks_
   return out.astype(q_BTHK.dtype)
 
 
+def attend_rows(q_BTHK, kv_BTK, window: int, sinks_H, scale: float, comp_BCK=None, comp_mask_BTC=None,
+                segment_ids_BT=None):
+  """`attend` for whole rows (query slot t sees key slots t−window+1..t), in blocks of `window` queries.
+
+  Block i of queries only ever sees key blocks i−1 and i, so scores are [B, H, T, 2·window] rather than
+  [B, H, T, T]: linear in T, and no dense [T, T] mask. Compressed entries (T/ratio of them) stay dense.
+  """
+  B, T, H, K = q_BTHK.shape
+  W = window
+  if T <= 2 * W:  # nothing to save
+    slot_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    return attend(q_BTHK, kv_BTK, slot_BT, slot_BT, jnp.ones((B, T), bool), W, sinks_H, scale, comp_BCK,
+                  comp_mask_BTC, segment_ids_BT, segment_ids_BT)
+  pad = (-T) % W
+  N = (T + pad) // W
+  seg_BT = jnp.zeros((B, T), jnp.int32) if segment_ids_BT is None else segment_ids_BT
+  q = jnp.pad(q_BTHK.astype(jnp.float32), ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, N, W, H, K)
+  kv = jnp.pad(kv_BTK.astype(jnp.float32), ((0, 0), (0, pad), (0, 0))).reshape(B, N, W, K)
+  seg = jnp.pad(seg_BT, ((0, 0), (0, pad)), constant_values=-1).reshape(B, N, W)
+  shift = lambda x: jnp.concatenate([jnp.zeros_like(x[:, :1]), x[:, :-1]], axis=1)  # block i−1 (none for 0)
+  keys_BNSK = jnp.concatenate([shift(kv), kv], axis=2)  # key slot (i−1)·W + s, s < 2W
+  key_seg_BNS = jnp.concatenate([shift(seg), seg], axis=2)
+  a, s = jnp.arange(W)[:, None], jnp.arange(2 * W)[None, :]
+  in_window_WS = (s > a) & (s <= a + W)  # slot distance (W + a − s) in [0, W)
+  first_block_NS = (jnp.arange(N)[:, None] > 0) | (jnp.arange(2 * W)[None, :] >= W)
+  mask_BNWS = (in_window_WS[None, None] & first_block_NS[None, :, None, :]
+               & (seg[:, :, :, None] == key_seg_BNS[:, :, None, :]))
+  local_BNHWS = jnp.einsum("bnwhk,bnsk->bnhws", q, keys_BNSK) * scale
+  local_BNHWS = jnp.where(mask_BNWS[:, :, None], local_BNHWS, -jnp.inf)
+  local_BHTS = local_BNHWS.transpose(0, 2, 1, 3, 4).reshape(B, H, N * W, 2 * W)[:, :, :T]
+  parts = [local_BHTS]
+  if comp_BCK is not None:
+    comp_BHTC = jnp.einsum("bthk,bck->bhtc", q_BTHK.astype(jnp.float32), comp_BCK.astype(jnp.float32)) * scale
+    parts.append(jnp.where(comp_mask_BTC[:, None], comp_BHTC, -jnp.inf))
+  parts.append(jnp.broadcast_to(sinks_H.astype(jnp.float32)[None, :, None, None], (B, H, T, 1)))
+  probs = jax.nn.softmax(jnp.concatenate(parts, axis=-1), axis=-1)
+  probs_local = jnp.pad(probs[..., :2 * W], ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(B, H, N, W, 2 * W)
+  out = jnp.einsum("bhnws,bnsk->bnwhk", probs_local, keys_BNSK).reshape(B, N * W, H, K)[:, :T]
+  if comp_BCK is not None:
+    out = out + jnp.einsum("bhtc,bck->bthk", probs[..., 2 * W:-1], comp_BCK.astype(jnp.float32))
+  return out.astype(q_BTHK.dtype)
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, ratio: int, *, rngs, dtype, param_dtype):
@@ -121,7 +164,7 @@ class Attention(nnx.Module):
         comp_mask = self.indexer.select(scores, slot_BT, visible)
       else:
         comp_mask = visible
-    o = attend(q_BTHK, kv_BTK, slot_BT, slot_BT, jnp.ones((B, T), bool), self.window, self.sinks[...],
-               self.head_dim**-0.5, comp_BCK, comp_mask, segment_ids_BT, segment_ids_BT)
+    o = attend_rows(q_BTHK, kv_BTK, self.window, self.sinks[...], self.head_dim**-0.5, comp_BCK, comp_mask,
+                    segment_ids_BT)
     return self.output(o, pos_BT)
 

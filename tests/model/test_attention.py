@@ -179,3 +179,24 @@ def test_no_leak_from_future_tokens(kind, t):
   a, b = forward(x), forward(x2)
   np.testing.assert_array_equal(a[:, :t + 1], b[:, :t + 1])
   assert (np.abs(a[:, t + 1:] - b[:, t + 1:]).max(-1) > 0).all()  # the perturbation did reach every later token
+
+
+@pytest.mark.parametrize("T,window", [(37, 8), (64, 16), (50, 4)])
+def test_blocked_row_attention_equals_dense_attend(T, window):
+  """attend_rows (blocks of `window` queries over two key blocks) against `attend`'s dense [T, T] masks, with
+  packed-row segments and compressed entries."""
+  from dsv4.model.attention import attend, attend_rows
+  rng = np.random.default_rng(T)
+  B, H, K, C = 2, 3, 8, 5
+  q = jnp.asarray(rng.normal(size=(B, T, H, K)), jnp.float32)
+  kv = jnp.asarray(rng.normal(size=(B, T, K)), jnp.float32)
+  comp = jnp.asarray(rng.normal(size=(B, C, K)), jnp.float32)
+  comp_mask = jnp.asarray(rng.random((B, T, C)) < 0.5)
+  seg = jnp.asarray(np.sort(rng.integers(0, 3, (B, T)), axis=1), jnp.int32)
+  sinks = jnp.asarray(rng.normal(size=(H,)), jnp.float32)
+  slots = jnp.broadcast_to(jnp.arange(T), (B, T))
+  for segments in (None, seg):
+    want = attend(q, kv, slots, slots, jnp.ones((B, T), bool), window, sinks, 0.3, comp, comp_mask, segments,
+                  segments)
+    got = attend_rows(q, kv, window, sinks, 0.3, comp, comp_mask, segments)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,86 @@
+"""The target's pretraining step and validation step, jitted with explicit shardings and donation.
+
+loss = CE(next token) + train.mtp_weight · mean_k CE(MTP module k); then the aux-loss-free routing-bias
+update (dsv4.training.expert_balance) on the main layers. Metrics are global-batch scalars.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from dsv4.data.packing import row_loss_weights
+from dsv4.model.layers import FrozenState
+from dsv4.parallel.rules import logical_to_spec
+from dsv4.training import expert_balance
+from dsv4.training.losses import lm_losses
+
+BATCH_FIELDS = ("tokens", "segment_ids", "positions", "target_mask")
+
+
+def batch_sharding(mesh, rules) -> dict:
+  spec = logical_to_spec(("batch", "seq"), rules)
+  return {k: NamedSharding(mesh, spec) for k in BATCH_FIELDS}
+
+
+def _forward_losses(graphdef, params, frozen, batch, with_mtp: bool, moe_impl):
+  model = nnx.merge(graphdef, params, frozen)
+  out = model.forward(batch["tokens"], with_mtp=with_mtp, moe_impl=moe_impl, positions_BT=batch["positions"],
+                      segment_ids_BT=batch["segment_ids"])
+  return model, out, lm_losses(out, batch["tokens"], batch["segment_ids"], batch["target_mask"])
+
+
+def make_train_step(graphdef, optimizer, train, schedule, shardings=None, batch_shardings=None):
+  """`(state, batch) -> (state, metrics)`, jitted; the input state is donated."""
+  mtp_weight = float(train.get("mtp_weight", 0.3))
+  rate = float(train.get("expert_bias_rate", 1e-3))
+  moe_impl = train.get("moe_impl", None) or None
+
+  def loss_fn(params, frozen, batch):
+    model, out, losses = _forward_losses(graphdef, params, frozen, batch, mtp_weight > 0, moe_impl)
+    total = losses["ce"] + mtp_weight * losses["mtp"] if "mtp" in losses else losses["ce"]
+    return total, (losses, out.experts_LBTK, model)
+
+  def step(state, batch):
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (total, (losses, experts_LBTK, model)), grads = grad_fn(state["params"], state["frozen"], batch)
+    updates, opt = optimizer.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    # Routing-bias update on the main layers, from this batch's real (non-padding) tokens.
+    weights_BT = (batch["segment_ids"] != 0).astype(jnp.float32)
+    entropies, max_loads = [], []
+    for layer, experts_BTK in zip(model.layers, experts_LBTK, strict=True):
+      load_E = expert_balance.expert_load(experts_BTK, weights_BT, layer.ffn.n_experts)
+      entropies.append(expert_balance.load_entropy(load_E))
+      max_loads.append(jnp.max(load_E) / jnp.maximum(jnp.mean(load_E), 1.0))
+      if not layer.ffn.is_hash:
+        layer.ffn.bias[...] = expert_balance.update_bias(layer.ffn.bias[...], load_E, rate)
+    frozen = nnx.to_pure_dict(nnx.state(model, FrozenState))
+    metrics = {"loss": total, "ce": losses["ce"], "grad_norm": optax.global_norm(grads),
+               "lr": schedule(state["step"]), "tokens": losses["tokens"],
+               "expert_load_entropy": jnp.mean(jnp.stack(entropies)),
+               "expert_max_load": jnp.max(jnp.stack(max_loads))}
+    if "mtp" in losses:
+      metrics["mtp"] = losses["mtp"]
+    return {"params": params, "frozen": frozen, "opt": opt, "step": state["step"] + 1}, metrics
+
+  if shardings is None:
+    return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, in_shardings=(shardings, batch_shardings), out_shardings=(shardings, None), donate_argnums=0)
+
+
+def make_eval_step(graphdef, train, shardings=None, batch_shardings=None):
+  """`(params, frozen, batch) -> (Σ w·CE, Σ w)` for pooling a validation loss over many batches."""
+  moe_impl = train.get("moe_impl", None) or None
+
+  def step(params, frozen, batch):
+    _, out, losses = _forward_losses(graphdef, params, frozen, batch, False, moe_impl)
+    n = jnp.sum(row_loss_weights(batch["segment_ids"], batch["target_mask"], 1))
+    return losses["ce"] * n, n
+
+  if shardings is None:
+    return jax.jit(step)
+  return jax.jit(step, in_shardings=(shardings["params"], shardings["frozen"], batch_shardings))

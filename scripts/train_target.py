@@ -1,0 +1,55 @@
+"""Pretrain a V4-style target (next-token + MTP loss) on the embedded corpus or any text dataset.
+
+  python scripts/train_target.py --config configs/target/small.py --workdir runs/target-small
+  python scripts/train_target.py --config configs/target/tiny.py --workdir runs/t --config.train.steps=100
+
+Re-running the same command resumes from the latest checkpoint in WORKDIR/checkpoints. Logs go to
+WORKDIR/tensorboard. Multi-process: add --coordinator_address/--num_processes/--process_id (TPU pods and
+SLURM are detected). Ends with one JSON line {"step", "loss", "val_loss", "checkpoint", ...}.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "target config with train/data sections: file.py[:variant]")
+_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard logs and provenance go here")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
+_NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
+_PID = flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}; use --config=... and --config.<section>.<field>=...")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+  from dsv4.parallel import distributed
+  try:
+    distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  from dsv4.data.errors import DataError
+  from dsv4.model.config import ConfigError
+  from dsv4.training import pretrain_loop
+  from dsv4.training.checkpointing import CheckpointError
+  config = _CONFIG.value
+  for section in ("model", "train", "data"):
+    if section not in config:
+      sys.exit(f"error: {_CONFIG.config_filename if hasattr(_CONFIG, 'config_filename') else 'config'} has no "
+               f"`{section}` section; target configs for training define model, train and data.")
+  try:
+    result = pretrain_loop.run(config, _WORKDIR.value)
+  except (ConfigError, DataError, CheckpointError, pretrain_loop.TrainingError) as e:
+    sys.exit(f"error: {e}")
+  if distributed.is_main():
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)
