@@ -3,7 +3,8 @@
 Documents (token-id arrays, or a map-style `datasets.Dataset` with an `ids` column from `tokenize_dataset`) are read
 by index. Epoch e visits them in the order `np.random.default_rng([seed, e]).permutation(n)`, and process p of P packs
 only `perm[p::P]`, so every process reads just its own documents. Packing (see `packing.py`) carries on across epoch
-boundaries when repeating, so the stream is the endless concatenation of epochs cut into rows.
+boundaries when repeating, so the stream is the endless concatenation of epochs cut into rows. With `chunk`, documents
+are first cut into pieces of at most `chunk` tokens and the pieces are what gets shuffled and sharded.
 
 A row is closed right after a document (or its head) is placed, never on account of the next document; between rows
 the whole packer state is therefore (epoch, document index, token offset into a split document). `get_state` returns
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 IDS, MASK = "ids", "target_mask"
 STATE_VERSION = 1
 # A state is only valid for a stream that visits the same documents in the same order and cuts the same rows.
-_CONFIG_FIELDS = ("seed", "shuffle", "seq_len", "batch_size", "align", "process_index", "process_count", "num_docs")
+_CONFIG_FIELDS = ("seed", "shuffle", "seq_len", "batch_size", "align", "process_index", "process_count", "num_docs",
+                  "chunk")
 _CURSOR_FIELDS = ("epoch", "index", "offset", "step")
 
 
@@ -118,6 +120,33 @@ class _DocTable:
     return pc.fill_null(pc.list_value_length(ids), 0).to_numpy().astype(np.int64)
 
 
+class _ChunkTable:
+  """Documents cut into pieces of at most `chunk` tokens, each addressed as a document of its own.
+
+  Shuffling pieces rather than whole documents decorrelates a batch: a long file otherwise fills many consecutive
+  rows. Each piece starts at position 0 (as any row-split document does), so this changes order, not content.
+  """
+
+  def __init__(self, table: _DocTable, chunk: int):
+    lengths = table.lengths()
+    pieces = np.maximum(1, -(-lengths // chunk))
+    self.table, self.chunk = table, chunk
+    self.doc = np.repeat(np.arange(len(lengths)), pieces)
+    self.start = (np.arange(len(self.doc)) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * chunk
+    self.end = np.minimum(self.start + chunk, lengths[self.doc])
+
+  def __len__(self) -> int:
+    return len(self.doc)
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+    tokens, mask = self.table[self.doc[i]]
+    a, b = self.start[i], self.end[i]
+    return tokens[a:b], None if mask is None else mask[a:b]
+
+  def lengths(self) -> np.ndarray:
+    return np.maximum(self.end - self.start, 0)
+
+
 class PackedStream:
   """Iterator of batches: dicts of int32 `tokens`, `segment_ids`, `positions`, `target_mask`, each
   [batch_size // process_count, seq_len] (this process's share of the global batch).
@@ -128,7 +157,8 @@ class PackedStream:
   """
 
   def __init__(self, docs, *, seq_len: int, batch_size: int, align: int = 1, seed: int = 0, shuffle: bool = True,
-               repeat: bool = True, process_index: int = 0, process_count: int = 1, pad_id: int = 0):
+               repeat: bool = True, process_index: int = 0, process_count: int = 1, pad_id: int = 0,
+               chunk: int | None = None):
     check_packing_args(seq_len, align)
     if not isinstance(process_count, int) or process_count < 1:
       raise DataError(f"process_count must be an int >= 1, got {process_count!r}")
@@ -140,6 +170,11 @@ class PackedStream:
     if not isinstance(seed, int | np.integer) or seed < 0:
       raise DataError(f"seed must be a non-negative int, got {seed!r}")
     self._docs = _DocTable(docs)
+    if chunk is not None:
+      if not isinstance(chunk, int) or chunk < 1:
+        raise DataError(f"chunk must be a positive int (tokens per shuffled piece) or None, got {chunk!r}")
+      self._docs = _ChunkTable(self._docs, chunk)
+    self.chunk = chunk
     if len(self._docs) == 0:
       raise DataError("PackedStream: no documents (empty docs list or dataset)")
     if len(self._docs) < process_count:
@@ -216,7 +251,7 @@ class PackedStream:
     return {"version": STATE_VERSION, "epoch": self._epoch, "index": self._index, "offset": self._offset,
             "step": self._step, "seed": self.seed, "shuffle": self.shuffle, "seq_len": self.seq_len,
             "batch_size": self.batch_size, "align": self.align, "process_index": self.process_index,
-            "process_count": self.process_count, "num_docs": self.num_docs}
+            "process_count": self.process_count, "num_docs": self.num_docs, "chunk": self.chunk}
 
   def set_state(self, state: dict) -> None:
     """Resumes at `state` from `get_state`; DataError if it was taken under a different config."""

@@ -46,5 +46,6 @@ def data_section(**overrides) -> ml_collections.ConfigDict:
       "seq_len": 512,
       "align": 0,                  # document starts in packed rows; 0 = lcm of the model's compression ratios
       "seed": 0,                   # shuffling
+      "chunk": -1,                 # shuffle pieces of this many tokens (-1 = seq_len, 0 = whole documents)
       **overrides,
   })

@@ -52,9 +52,10 @@ def load_splits(data, model: ModelConfig, log=print) -> Splits:
 
 
 def train_stream(splits: Splits, data, model: ModelConfig, batch_size: int) -> PackedStream:
+  chunk = data.get("chunk", -1)
   return PackedStream(splits.train, seq_len=data.seq_len, batch_size=batch_size, align=alignment(data, model),
                       seed=data.seed, shuffle=True, repeat=True, process_index=jax.process_index(),
-                      process_count=jax.process_count())
+                      process_count=jax.process_count(), chunk=data.seq_len if chunk == -1 else (chunk or None))
 
 
 def val_stream(splits: Splits, data, model: ModelConfig, batch_size: int) -> PackedStream:

@@ -23,6 +23,7 @@ from dsv4.data.corpus import unigram_entropy
 from dsv4.model.config import ConfigError
 from dsv4.parallel.config import mesh_from_config, rules_from_config
 from dsv4.parallel.distributed import is_main
+from dsv4.parallel.rules import logical_to_spec
 from dsv4.parallel.sharded import init_sharded
 from dsv4.training import data_setup, pretrain, train_state
 from dsv4.training.checkpointing import TrainCheckpointer
@@ -53,6 +54,15 @@ def check_config(config, n_devices: int) -> None:
     raise ConfigError(f"config.train.batch_size={t.batch_size} does not divide over {jax.process_count()} processes.")
 
 
+def check_batch(batch_size: int, mesh, rules) -> None:
+  axes = logical_to_spec(("batch",), rules)[0] or ()
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  ways = math.prod(mesh.shape[a] for a in axes)
+  if batch_size % ways:
+    raise ConfigError(f"config.train.batch_size={batch_size} does not divide over the batch mesh axes {axes} "
+                      f"({ways} ways); use a multiple of {ways} or change config.mesh / config.rules.")
+
+
 def _global_batch(local: dict, shardings: dict) -> dict:
   """Per-process rows → one global array per field (rows of process p are its slice of the batch axis)."""
   return {k: jax.make_array_from_process_local_data(shardings[k], local[k]) for k in pretrain.BATCH_FIELDS}
@@ -78,12 +88,15 @@ def evaluate(eval_step, state, stream_factory, batch_shardings, max_batches: int
   return total / max(count, 1.0)
 
 
-def run(config, workdir: str | Path) -> dict:
+def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
+  """Trains to `config.train.steps` (resuming from WORKDIR/checkpoints); `provenance` (command, commit) goes into
+  every checkpoint's metadata."""
   workdir = Path(workdir)
   check_config(config, jax.device_count())
   model_cfg = model_config(config)
   t, d = config.train, config.data
   mesh, rules = mesh_from_config(config), rules_from_config(config)
+  check_batch(t.batch_size, mesh, rules)
 
   splits = data_setup.load_splits(d, model_cfg, log=_log)
   stream = data_setup.train_stream(splits, d, model_cfg, t.batch_size)
@@ -100,7 +113,7 @@ def run(config, workdir: str | Path) -> dict:
 
   ckpt = TrainCheckpointer(workdir / "checkpoints", every=t.checkpoint_every, keep=t.keep_checkpoints,
                            async_save=t.async_checkpoints)
-  meta = {"config": json.loads(config.to_json()), "tokens_seen": 0, "seconds": 0.0}
+  meta = {"config": json.loads(config.to_json()), "tokens_seen": 0, "seconds": 0.0, **(provenance or {})}
   latest = ckpt.latest_step()
   if latest is not None:
     state, data_state, meta = ckpt.restore(train_state.abstract_state(state, shardings))

@@ -1,0 +1,103 @@
+"""Export a trained target from its workdir as a self-contained directory: weights (safetensors, bf16 by default,
+transformers' layout), the tokenizer, and provenance.json (config, command, commit, corpus manifest hash, steps,
+tokens, training time, validation cross-entropy of the exported weights and the corpus's unigram entropy).
+
+  python scripts/export_target.py --workdir runs/target-small --out assets/targets/small
+
+Load it with `dsv4.from_pretrained(OUT)` and the tokenizer with `dsv4.data.tokenizer.load_tokenizer(OUT)`.
+Ends with one JSON line.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "training workdir (its latest checkpoint is exported)")
+_OUT = flags.DEFINE_string("out", None, "output directory (created atomically)")
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16", "float32"], "storage dtype of the weights")
+_MAX_MB = flags.DEFINE_float("max_mb", 0.0, "fail if the weights exceed this many MB (0 = no limit)")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing --out")
+flags.mark_flags_as_required(["workdir", "out"])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from dsv4.configs import model_config
+  from dsv4.data.errors import DataError
+  from dsv4.io.hf import save_pretrained
+  from dsv4.model.layers import FrozenState
+  from dsv4.training import data_setup, target_export
+  from dsv4.training.checkpointing import CheckpointError
+
+  out = os.path.abspath(_OUT.value)
+  if os.path.exists(out) and not _OVERWRITE.value:
+    sys.exit(f"error: {out} exists; pass --overwrite to replace it.")
+  try:
+    step_dir = target_export.latest_checkpoint(_WORKDIR.value)
+    model, config, meta = target_export.restore_model(step_dir)
+    splits = data_setup.load_splits(config.data, model_config(config))
+  except (CheckpointError, DataError, OSError) as e:
+    sys.exit(f"error: {e}")
+  dtype = jnp.dtype(_DTYPE.value)
+  val_checkpoint = target_export.validation_loss(model, config, splits)
+  rounded = target_export.round_params(model, dtype)
+  val_exported = target_export.validation_loss(rounded, config, splits)
+  entropy_train = target_export.split_unigram_entropy(splits.train, model.config.vocab_size)
+  entropy_val = target_export.split_unigram_entropy(splits.validation, model.config.vocab_size)
+
+  graphdef, params, frozen = nnx.split(rounded, nnx.Param, FrozenState)
+  stored = nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), nnx.to_pure_dict(params)),
+                     nnx.to_pure_dict(frozen))
+  parent = os.path.dirname(out)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
+  try:
+    save_pretrained(stored, tmp, overwrite=True)
+    weights_bytes = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp) if f.endswith(".safetensors"))
+    if _MAX_MB.value and weights_bytes > _MAX_MB.value * 1e6:
+      raise SystemExit(f"error: the weights take {weights_bytes / 1e6:.1f} MB > --max_mb={_MAX_MB.value}.")
+    splits.tokenizer.save(os.path.join(tmp, "tokenizer.json"))
+    manifest = splits.manifest or {}
+    provenance = {
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "checkpoint": str(step_dir), "step": int(step_dir.name),
+        "command": meta.get("command"), "commit": meta.get("commit"), "commit_dirty": meta.get("commit_dirty"),
+        "config": meta["config"],
+        "corpus": {"source": config.data.source, "manifest_hash": manifest.get("hash"),
+                   "python_version": manifest.get("python_version"),
+                   "tokenizer_sha256": manifest.get("tokenizer", {}).get("sha256")},
+        "tokens_seen": meta["tokens_seen"], "train_seconds": meta["seconds"],
+        "dtype": _DTYPE.value, "weights_bytes": weights_bytes,
+        "params": int(sum(x.size for x in jax.tree.leaves(params))),
+        "val_loss_checkpoint_fp32": val_checkpoint, "val_loss": val_exported,
+        "unigram_entropy_train": entropy_train, "unigram_entropy_validation": entropy_val,
+        "val_loss_over_unigram_entropy": val_exported / entropy_train,
+        "val_loss_over_validation_unigram_entropy": val_exported / entropy_val,
+    }
+    with open(os.path.join(tmp, "provenance.json"), "w") as f:
+      json.dump(provenance, f, indent=2)
+    if os.path.exists(out):
+      shutil.rmtree(out)
+    os.replace(tmp, out)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  print(json.dumps({"out": out, **{k: provenance[k] for k in (
+      "step", "tokens_seen", "weights_bytes", "val_loss", "val_loss_checkpoint_fp32", "unigram_entropy_train",
+      "unigram_entropy_validation", "val_loss_over_unigram_entropy")}}))
+
+
+if __name__ == "__main__":
+  app.run(main)
