@@ -1,0 +1,68 @@
+"""What a drafter reads from its target: the frozen embedding and LM head, and the cacheable context K/V.
+
+`FrozenTarget` holds the target's embedding and LM head as plain arrays behind `stop_gradient`; the drafter
+never owns or trains them (DeepSpec keeps frozen copies in the drafter and its checkpoints; we pass the
+target's own arrays instead, so a drafter checkpoint holds only what it trains). Its `embed`/`head` compute
+exactly what `Transformer.embed_tokens`/`Transformer.head` do.
+
+`ContextKV` holds, per drafter layer, the keys and values projected from the context features. Context tokens
+never pass through a drafter layer's norms, MLP or attention, only through its Wk/Wv, so these are exact and
+computed once per context token: a fixed-size buffer [N, B, S, J, K] (N layers, J KV heads) filled by `write`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FrozenTarget:
+  embed_VD: jax.Array
+  lm_head_DV: jax.Array
+  dtype: Any = dataclasses.field(default=jnp.float32, metadata=dict(static=True))
+
+  @classmethod
+  def of(cls, target) -> FrozenTarget:
+    """From a `dsv4.model.Transformer` (its current arrays; nothing is copied)."""
+    return cls(target.embed[...], target.lm_head[...], target.dtype)
+
+  def embed(self, ids):
+    return jax.lax.stop_gradient(self.embed_VD)[ids].astype(self.dtype)
+
+  def head(self, hidden_XD):
+    """float32 logits, as the target's head computes them."""
+    w = jax.lax.stop_gradient(self.lm_head_DV).astype(self.dtype)
+    return jnp.dot(hidden_XD.astype(self.dtype), w).astype(jnp.float32)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ContextKV:
+  """Per-layer context keys (normalised and rotated at their positions) and values, [N, B, S, J, K]."""
+
+  k_NBSJK: jax.Array
+  v_NBSJK: jax.Array
+
+  @property
+  def length(self) -> int:
+    return self.k_NBSJK.shape[2]
+
+  @classmethod
+  def zeros(cls, num_layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype=jnp.float32):
+    shape = (num_layers, batch, max_len, kv_heads, head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+  def write(self, new: ContextKV, start_B) -> ContextKV:
+    """Writes `new` ([N, B, T, J, K]) at rows start_B..start_B+T−1 of each sequence; the caller keeps
+    start + T ≤ S (dynamic_update_slice would shift an overflowing write back inside the buffer)."""
+
+    def put(buf_NBSJK, upd_NBTJK):
+      row = lambda b, u, s: jax.lax.dynamic_update_slice(b, u.astype(b.dtype), (s, 0, 0))
+      return jax.vmap(jax.vmap(row, in_axes=(0, 0, 0)), in_axes=(0, 0, None))(buf_NBSJK, upd_NBTJK, start_B)
+
+    return ContextKV(put(self.k_NBSJK, new.k_NBSJK), put(self.v_NBSJK, new.v_NBSJK))

@@ -1,0 +1,121 @@
+"""DSpark training loss and its acceptance/calibration metrics, in float32 over [..., G] block slots.
+
+Inputs per slot k of a block anchored at p: the drafter's (sequential-head corrected, teacher-forced) logits,
+the target's logits at position p+k (its distribution of token p+k+1 given the data prefix), the data token
+x* = ids[p+k+1] (the target's own sampled response), and `valid` (block kept ∧ label inside the sequence ∧
+label is a loss token). Supervision is a contiguous prefix: the mask is cumulated over k.
+
+  w_k  = Π_{j≤k} valid_j · exp(−k/decay)                            (DeepSpec: decay 4.0, k = 0..G−1)
+  CE   = −log p_d(x*)
+  L1   = ‖p_d − p_t‖₁            the full L1 (= 2·TV), not halved, as DeepSpec's loss
+  Conf = BCE(c_logit, c*),  c* = clip(1 − ½‖p_d − p_t‖₁, 0, 1), detached
+  loss = α_ce·CE + α_tv·L1 + α_conf·Conf,  each a weighted mean Σ w·x / Σ w
+
+Metrics (DESIGN.md definitions; positions weighted by the cumulated mask only, no decay):
+  α_k = 1 − ½‖p_d − p_t‖₁ averaged over valid blocks at slot k   (the expected acceptance of slot k)
+  τ_prob = 1 + Σ_k Π_{j≤k} α_j
+  confidence: expected calibration error of σ(c_logit) against c* over equal-width bins, mean |error|, bias.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from dsv4.drafters.config import DrafterConfig
+
+f32 = jnp.float32
+
+
+def loss_weights(cfg: DrafterConfig) -> dict:
+  """The config's loss weights and decay, as keyword arguments of `dspark_losses`."""
+  return dict(alpha_ce=cfg.alpha_ce, alpha_tv=cfg.alpha_tv, alpha_conf=cfg.alpha_conf, decay=cfg.decay)
+
+
+def supervised_mask(valid_XG):
+  """The cumulated validity Π_{j≤k} valid_j (float32): slot k counts only if slots < k do."""
+  return jnp.cumprod(valid_XG.astype(f32), axis=-1)
+
+
+def position_weights(valid_XG, decay: float):
+  """w_k = Π_{j≤k} valid_j · exp(−k/decay), [..., G] float32."""
+  G = valid_XG.shape[-1]
+  return supervised_mask(valid_XG) * jnp.exp(-jnp.arange(G, dtype=f32) / decay)
+
+
+def _weighted_mean(x, w):
+  return jnp.sum(jnp.where(w > 0, x, 0.0) * w) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def draft_target_l1(logits_XGV, target_logits_XGV, valid_XG):
+  """(log p_d [..., G, V], ‖p_d − p_t‖₁ [..., G]) in float32; invalid slots' target logits are zeroed first
+  so garbage there (padding) cannot put NaNs into the gradients."""
+  target = jnp.where(valid_XG[..., None] > 0, target_logits_XGV.astype(f32), 0.0)
+  logp_d = jax.nn.log_softmax(logits_XGV.astype(f32), axis=-1)
+  l1 = jnp.sum(jnp.abs(jnp.exp(logp_d) - jax.nn.softmax(target, axis=-1)), axis=-1)
+  return logp_d, l1
+
+
+def bce_with_logits(logits, targets):
+  """Binary cross-entropy of σ(logits) against soft targets in [0, 1], stable for any logit."""
+  return jnp.maximum(logits, 0.0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+
+
+def dspark_losses(logits_XGV, target_logits_XGV, labels_XG, valid_XG, conf_logits_XG=None, *, alpha_ce=0.1,
+                  alpha_tv=0.9, alpha_conf=1.0, decay=4.0) -> dict:
+  """{'loss', 'ce', 'l1', 'conf', 'weight_sum'} (scalars, float32); see the module docstring."""
+  if alpha_conf > 0 and conf_logits_XG is None:
+    raise ValueError("dspark_losses: alpha_conf > 0 needs confidence logits (the drafter has no confidence head?).")
+  w = position_weights(valid_XG, decay)
+  logp_d, l1 = draft_target_l1(logits_XGV, target_logits_XGV, valid_XG)
+  ce = -jnp.take_along_axis(logp_d, labels_XG[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  out = {"ce": _weighted_mean(ce, w), "l1": _weighted_mean(l1, w), "conf": jnp.zeros((), f32),
+         "weight_sum": jnp.sum(w)}
+  if conf_logits_XG is not None:
+    target = jax.lax.stop_gradient(jnp.clip(1.0 - 0.5 * l1, 0.0, 1.0))
+    out["conf"] = _weighted_mean(bce_with_logits(conf_logits_XG.astype(f32), target), w)
+  out["loss"] = alpha_ce * out["ce"] + alpha_tv * out["l1"] + alpha_conf * out["conf"]
+  return out
+
+
+# --- metrics ------------------------------------------------------------------------------------------
+def expected_acceptance(logits_XGV, target_logits_XGV, valid_XG):
+  """(α [G], count [G]): α_k = mean of 1 − ½‖p_d − p_t‖₁ over blocks whose slots ≤ k are all valid.
+
+  A slot no block supervises gets α_k = 0 (it ends τ_prob's product there)."""
+  _, l1 = draft_target_l1(logits_XGV, target_logits_XGV, valid_XG)
+  m = supervised_mask(valid_XG)
+  G = valid_XG.shape[-1]
+  count_G = m.reshape(-1, G).sum(0)
+  accept_G = jnp.where(m > 0, 1.0 - 0.5 * l1, 0.0).reshape(-1, G).sum(0)
+  return jnp.where(count_G > 0, accept_G / jnp.maximum(count_G, 1.0), 0.0), count_G
+
+
+def tau_prob(alpha_G):
+  """τ_prob = 1 + Σ_k Π_{j≤k} α_j: the expected accepted length (plus the bonus) if slot k is accepted with
+  probability α_k independently of the others."""
+  return 1.0 + jnp.sum(jnp.cumprod(alpha_G.astype(f32)))
+
+
+def calibration_error(pred_N, target_N, weight_N, n_bins: int = 20):
+  """Expected calibration error over `n_bins` equal-width bins of the predicted probability:
+  Σ_bins |Σ w·(pred − target)| / Σ w (= Σ_bins (n_b/N)·|mean pred_b − mean target_b|). Targets may be soft."""
+  pred, target, w = (jnp.ravel(x).astype(f32) for x in (pred_N, target_N, weight_N))
+  bins = jnp.clip(jnp.floor(pred * n_bins), 0, n_bins - 1).astype(jnp.int32)
+  gap_bins = jax.ops.segment_sum(w * (pred - target), bins, num_segments=n_bins)
+  return jnp.sum(jnp.abs(gap_bins)) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def drafter_metrics(logits_XGV, target_logits_XGV, valid_XG, conf_logits_XG=None, n_bins: int = 20) -> dict:
+  """{'accept' [G], 'tau_prob'} and, with confidence logits, {'conf_ece', 'conf_err', 'conf_bias'}."""
+  alpha_G, count_G = expected_acceptance(logits_XGV, target_logits_XGV, valid_XG)
+  out = {"accept": alpha_G, "accept_count": count_G, "tau_prob": tau_prob(alpha_G)}
+  if conf_logits_XG is not None:
+    _, l1 = draft_target_l1(logits_XGV, target_logits_XGV, valid_XG)
+    target = jnp.clip(1.0 - 0.5 * l1, 0.0, 1.0)
+    pred = jax.nn.sigmoid(conf_logits_XG.astype(f32))
+    m = supervised_mask(valid_XG)
+    out["conf_ece"] = calibration_error(pred, target, m, n_bins)
+    out["conf_err"] = _weighted_mean(jnp.abs(pred - target), m)
+    out["conf_bias"] = _weighted_mean(pred - target, m)
+  return out
