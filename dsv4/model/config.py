@@ -12,7 +12,8 @@ from typing import Any
 
 ATTENTION_KINDS = {0: "sliding", 4: "csa", 128: "hca"}
 SCORING_FUNCS = ("sqrtsoftplus", "sigmoid", "softmax")
-MOE_IMPLS = ("ragged", "ragged_dot", "tiled", "gather", "dense")  # "ragged": dropless, best kernel for the backend
+# "ragged": dropless, best kernel for the backend; "expert_parallel": experts split over the mesh's expert axis
+MOE_IMPLS = ("ragged", "ragged_dot", "tiled", "gather", "dense", "expert_parallel")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -67,6 +68,7 @@ class ModelConfig:
   eos_token_id: int | None = 1
   # Implementation choices, not architecture.
   moe_impl: str = "ragged"
+  moe_capacity_factor: float = 0.0  # expert_parallel only: 0 = dropless; f > 0 = ceil(f·N/n) slots per peer buffer
   dtype: str = "float32"        # compute dtype of activations
   param_dtype: str = "float32"  # storage dtype of matmul weights (norms, mHC, router bias stay fp32)
 
@@ -158,6 +160,9 @@ def validate(c: ModelConfig) -> None:
     _fail("scoring_func", f"must be one of {SCORING_FUNCS}, got {c.scoring_func!r}.")
   if c.moe_impl not in MOE_IMPLS:
     _fail("moe_impl", f"must be one of {MOE_IMPLS}, got {c.moe_impl!r}.")
+  f = c.moe_capacity_factor
+  if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f < float("inf"):
+    _fail("moe_capacity_factor", f"must be a finite number ≥ 0 (0 = dropless), got {f!r}.")
   for name in ("dtype", "param_dtype"):
     if getattr(c, name) not in DTYPES:
       _fail(name, f"must be one of {DTYPES}, got {getattr(c, name)!r}.")

@@ -5,7 +5,7 @@ learned layers pick top-k of (scores + balancing bias), hash layers take k exper
 token-id table. Weights are the *uncorrected* scores of the picked experts, renormalised and times
 `routed_scaling_factor`. The bias and the hash table are non-trainable state (FrozenState).
 
-Experts are clamped SwiGLUs, computed by one of four interchangeable paths (`impl=`):
+Experts are clamped SwiGLUs, computed by one of these interchangeable paths (`impl=`):
 
   ragged_dot  dropless grouped matmuls: sort the T·k assignments by expert, `jax.lax.ragged_dot` ×3, unsort.
   tiled       dropless, megablox-style: the sorted groups are padded to multiples of a tile of t rows, so every
@@ -13,6 +13,9 @@ Experts are clamped SwiGLUs, computed by one of four interchangeable paths (`imp
               loop runs each used tile's matmuls against its expert's weights. Static shapes, no capacity.
   gather      decode-sized batches (T·k < E): gather just the chosen experts' weights per token.
   dense       reference: every expert on every token (tests only).
+  expert_parallel  tokens sent to the devices of the ambient mesh that hold their experts and back
+              (dsv4.parallel.expert_parallel; dropless, or capacity-limited by `moe_capacity_factor`); without
+              such a mesh it is `ragged`.
 
 `ragged` (the config value) means "dropless, best kernel": gather when T·k < E; else ragged_dot off CPU (TPU
 lowers it to a native grouped matmul, GPU to cuDNN/hipBLASLt grouped GEMMs where they apply) and tiled on CPU.
@@ -34,7 +37,7 @@ from flax import nnx
 from dsv4.model.config import ModelConfig
 from dsv4.model.layers import FrozenState, SwiGLU, clamped_swiglu, param
 
-EXPERT_IMPLS = ("ragged", "ragged_dot", "tiled", "gather", "dense")
+EXPERT_IMPLS = ("ragged", "ragged_dot", "tiled", "gather", "dense", "expert_parallel")
 
 
 def default_hash_table(vocab_size: int, n_experts: int, k: int) -> np.ndarray:
@@ -167,7 +170,7 @@ class MoE(nnx.Module):
     D, E, I = cfg.hidden_size, cfg.n_routed_experts, cfg.moe_intermediate_size
     self.n_experts, self.top_k, self.is_hash = E, cfg.num_experts_per_tok, is_hash
     self.scoring, self.scaling, self.limit = cfg.scoring_func, cfg.routed_scaling_factor, cfg.swiglu_limit
-    self.impl, self.dtype = cfg.moe_impl, dtype
+    self.impl, self.dtype, self.capacity_factor = cfg.moe_impl, dtype, cfg.moe_capacity_factor
     self.router = param(rngs, (D, E), ("embed", None), jnp.float32)
     if is_hash:
       self.tid2eid = FrozenState(jnp.asarray(default_hash_table(cfg.vocab_size, E, self.top_k)),
@@ -242,8 +245,28 @@ class MoE(nnx.Module):
     combine_TE = jnp.sum(jax.nn.one_hot(idx_TK, self.n_experts, dtype=jnp.float32) * w_TK[..., None], axis=1)
     return jnp.einsum("ted,te->td", y_TED.astype(jnp.float32), combine_TE).astype(self.dtype)
 
+  def experts_parallel(self, x_TD, w_TK, idx_TK, ep_plan=None):
+    """Expert parallel (`impl="expert_parallel"`) over the ambient mesh. In capacity mode the global number of
+    dropped assignments is sown as nnx.Intermediate `ep_dropped` (read it with nnx.capture or nnx.pop)."""
+    from dsv4.parallel import expert_parallel  # lazy: that module imports this one
+
+    cast = lambda w: w[...].astype(self.dtype)
+    y_TD, dropped = expert_parallel.expert_parallel_moe(
+        x_TD.astype(self.dtype), w_TK, idx_TK, cast(self.w_gate), cast(self.w_up), cast(self.w_down),
+        limit=self.limit, capacity_factor=self.capacity_factor, ep_plan=ep_plan)
+    if self.capacity_factor > 0:
+      self.sow(nnx.Intermediate, "ep_dropped", dropped)
+    return y_TD.astype(self.dtype)
+
   def expert_path(self, impl: str, n_assign: int):
     """The expert path for `impl` (EXPERT_IMPLS) and a static number of assignments T·k; "ragged" picks one."""
+    if impl == "expert_parallel":
+      from dsv4.parallel import expert_parallel  # lazy: that module imports this one
+
+      ep_plan = expert_parallel.plan(self.n_experts)  # None: no mesh, or one expert device
+      if ep_plan is not None:
+        return functools.partial(self.experts_parallel, ep_plan=ep_plan)
+      impl = "ragged"
     if impl == "ragged":
       if n_assign < self.n_experts:  # decode steps: reading k·T expert matrices beats reading all E
         impl = "gather"
