@@ -24,6 +24,7 @@ _OUT = flags.DEFINE_string("out", None, "output directory (created atomically)")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16", "float32"], "storage dtype of the weights")
 _MAX_MB = flags.DEFINE_float("max_mb", 0.0, "fail if the weights exceed this many MB (0 = no limit)")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing --out")
+_RESULTS = flags.DEFINE_string("results", None, "also write DIR/results.md: the run's curves and the export's figures")
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -94,9 +95,44 @@ def main(argv):
   finally:
     if os.path.exists(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
-  print(json.dumps({"out": out, **{k: provenance[k] for k in (
-      "step", "tokens_seen", "weights_bytes", "val_loss", "val_loss_checkpoint_fp32", "unigram_entropy_train",
-      "unigram_entropy_validation", "val_loss_over_unigram_entropy")}}))
+  summary = {"out": out, **{k: provenance[k] for k in (
+      "step", "tokens_seen", "train_seconds", "weights_bytes", "params", "val_loss", "val_loss_checkpoint_fp32",
+      "unigram_entropy_train", "unigram_entropy_validation", "val_loss_over_unigram_entropy",
+      "val_loss_over_validation_unigram_entropy")}}
+  if _RESULTS.value:
+    _write_results(_RESULTS.value, provenance, summary)
+  print(json.dumps(summary))
+
+
+def _write_results(out_dir, provenance, summary):
+  """The training curve from the run's TensorBoard events, and the exported model's figures."""
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+  from dsv4.benchmarking import write_results
+  events = EventAccumulator(os.path.join(_WORKDIR.value, "tensorboard"), size_guidance={"scalars": 0})
+  events.Reload()
+  scalars = events.Tags()["scalars"]
+  val = {e.step: e.value for e in events.Scalars("val_loss")} if "val_loss" in scalars else {}
+  series = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in ("ce", "mtp", "tokens_per_s", "mfu",
+                                                                           "expert_load_entropy") if tag in scalars}
+  table = ["| step | train CE | MTP CE | val CE | tokens/s | MFU | expert-load entropy |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  fmt = lambda tag, step, f: f.format(series[tag][step]) if tag in series and step in series[tag] else "—"  # noqa
+  for step in sorted(val):
+    table.append(f"| {step} | {fmt('ce', step, '{:.3f}')} | {fmt('mtp', step, '{:.3f}')} | {val[step]:.3f} | "
+                 f"{fmt('tokens_per_s', step, '{:.0f}')} | {fmt('mfu', step, '{:.3f}')} | "
+                 f"{fmt('expert_load_entropy', step, '{:.3f}')} |")
+  ratio = provenance["val_loss_over_unigram_entropy"]
+  intro = (f"Pretraining of the `small` target on the embedded stdlib corpus, then export to {provenance['dtype']} "
+           f"({provenance['weights_bytes'] / 1e6:.1f} MB). Training command: `{provenance['command']}` at commit "
+           f"{provenance['commit']}. {provenance['tokens_seen'] / 1e6:.2f}M tokens in "
+           f"{provenance['train_seconds'] / 60:.1f} min of step time. The exported weights' validation CE is "
+           f"{provenance['val_loss']:.3f} nats = {100 * ratio:.1f}% of the train split's unigram entropy "
+           f"({provenance['unigram_entropy_train']:.3f} nats) and "
+           f"{100 * provenance['val_loss_over_validation_unigram_entropy']:.1f}% of the validation split's "
+           f"({provenance['unigram_entropy_validation']:.3f} nats). Periodic validation rows below read a prefix of "
+           "the split; the final row and the exported figure read all of it.")
+  write_results(out_dir, "scripts/export_target.py", None, intro, table, summary)
 
 
 if __name__ == "__main__":
