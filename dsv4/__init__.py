@@ -18,4 +18,11 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0
                    eos_id=eos_id)
 
 
-__all__ = ["ConfigError", "ModelConfig", "TargetOutput", "Transformer", "from_pretrained", "generate"]
+def load_drafter(path, target=None):
+  """A trained drafter (train_drafter.py workdir or checkpoint) bound to its target: the one recorded in the
+  checkpoint when `target` is None, else `target` after checking it fits (see dsv4.drafters.loading)."""
+  from dsv4.drafters.loading import load_drafter as _load
+  return _load(path, target)
+
+
+__all__ = ["ConfigError", "ModelConfig", "TargetOutput", "Transformer", "from_pretrained", "generate", "load_drafter"]

@@ -25,6 +25,7 @@ _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16", "float32
 _MAX_MB = flags.DEFINE_float("max_mb", 0.0, "fail if the weights exceed this many MB (0 = no limit)")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing --out")
 _RESULTS = flags.DEFINE_string("results", None, "also write DIR/results.md: the run's curves and the export's figures")
+_NOTE = flags.DEFINE_string("note", "", "a sentence on how the run went (resumes, extensions), kept in the provenance")
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -61,6 +62,10 @@ def main(argv):
   graphdef, params, frozen = nnx.split(rounded, nnx.Param, FrozenState)
   stored = nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), nnx.to_pure_dict(params)),
                      nnx.to_pure_dict(frozen))
+  # config.json names the tokenizer's own BOS/EOS ids (the model config's defaults need not match them).
+  specials = {name: splits.tokenizer.token_to_id(tok) for name, tok in (("bos_token_id", "<|bos|>"),
+                                                                        ("eos_token_id", "<|eos|>"))}
+  stored.config = stored.config.replace(**{k: v for k, v in specials.items() if v is not None})
   parent = os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
@@ -75,6 +80,7 @@ def main(argv):
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "checkpoint": str(step_dir), "step": int(step_dir.name),
         "command": meta.get("command"), "commit": meta.get("commit"), "commit_dirty": meta.get("commit_dirty"),
+        "resumes": meta.get("resumes", []), "note": _NOTE.value,
         "config": meta["config"],
         "corpus": {"source": config.data.source, "manifest_hash": manifest.get("hash"),
                    "python_version": manifest.get("python_version"),
@@ -131,7 +137,8 @@ def _write_results(out_dir, provenance, summary):
            f"({provenance['unigram_entropy_train']:.3f} nats) and "
            f"{100 * provenance['val_loss_over_validation_unigram_entropy']:.1f}% of the validation split's "
            f"({provenance['unigram_entropy_validation']:.3f} nats). Periodic validation rows below read a prefix of "
-           "the split; the final row and the exported figure read all of it.")
+           "the split; the final row and the exported figure read all of it." +
+           (f" {provenance['note']}" if provenance["note"] else ""))
   write_results(out_dir, "scripts/export_target.py", None, intro, table, summary)
 
 

@@ -26,7 +26,7 @@ def get_config(arg=None):
       num_nextn_predict_layers=1, max_position_embeddings=16384)
   config.mesh = mesh_section()  # fsdp=-1 fills the remaining devices
   config.rules = ()  # overrides of dsv4.parallel.rules.DEFAULT_RULES
-  config.train = train_section(steps=800, batch_size=8, lr=3e-3, checkpoint_every=100, eval_every=200,
+  config.train = train_section(steps=2000, batch_size=8, lr=3e-3, checkpoint_every=100, eval_every=200,
                                eval_batches=16, log_every=10)
   config.data = data_section(seq_len=512)
   variants = variant_names(arg)

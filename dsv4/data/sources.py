@@ -73,8 +73,8 @@ def _check_columns(ds, text_field: str, where: str) -> None:
   columns = ds.column_names
   if columns is None:  # some streaming hub datasets only know their columns after the first row
     return
-  if text_field in columns or (text_field == "text" and CHAT_FIELD in columns):
-    return
+  if text_field in columns or (text_field == "text" and CHAT_FIELD in columns) or "ids" in columns:
+    return  # "ids": already tokenised (regenerated responses), used as is by tokenize_dataset
   raise DataError(f"{where}: no column {text_field!r}; available columns: {', '.join(columns)}. "
                   "Pass text_field=<one of them>.")
 

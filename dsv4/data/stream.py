@@ -51,9 +51,14 @@ def tokenize_dataset(ds: datasets.Dataset, tokenizer: tokenizers.Tokenizer, text
   Chat datasets (a `messages` column, or `text_field` holding message lists) are rendered with `render_chat` and also
   get a `target_mask` column: 1 on tokens inside assistant replies, for response-only loss. Special tokens the
   tokenizer's post-processor adds are kept (they are not targets in chat rows).
+
+  A dataset that already has an `ids` column (e.g. from `dsv4.data.regenerate`) is pre-tokenised: its `ids` and
+  `target_mask` (if any) columns are returned as they are, without re-tokenisation.
   """
   import datasets
   columns = ds.column_names
+  if columns is not None and IDS in columns:
+    return _pretokenized(ds)
   column = text_column(ds, text_field)
   if columns is not None and column not in columns:
     raise DataError(f"tokenize_dataset: no column {text_field!r}; available columns: {', '.join(columns)}. "
@@ -73,6 +78,20 @@ def tokenize_dataset(ds: datasets.Dataset, tokenizer: tokenizers.Tokenizer, text
 
   kwargs = {} if num_proc is None else {"num_proc": num_proc}
   return ds.map(encode, batched=True, remove_columns=columns, features=out_features, **kwargs)
+
+
+def _pretokenized(ds):
+  """The `ids` / `target_mask` columns of a pre-tokenised dataset, after checking they hold integer lists."""
+  import datasets
+  keep = [c for c in (IDS, MASK) if c in ds.column_names]
+  for c in keep if ds.features is not None else ():
+    feature = ds.features[c]
+    inner = getattr(feature, "feature", None)
+    if not (isinstance(feature, datasets.List | datasets.LargeList | datasets.Sequence)
+            and isinstance(inner, datasets.Value) and inner.dtype.startswith(("int", "uint"))):
+      raise DataError(f"tokenize_dataset: column {c!r} must hold lists of integer token ids to be used as "
+                      f"pre-tokenised, got {feature}; rename the column or drop it")
+  return ds.select_columns(keep)
 
 
 class _DocTable:

@@ -13,13 +13,14 @@ confidence head, CE-only loss (DeepSpec trains its DFlash baseline with the DSpa
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from dsv4.model.config import DTYPES, ConfigError, ModelConfig
 
-KINDS = ("dspark",)
-LAYER_TYPES = ("dense", "v4")        # v4: V4 blocks as drafter layers (planned, not implemented)
+KINDS = ("dspark", "eagle3", "mtp")  # eagle3: dsv4.drafters.eagle3; mtp: the target's own MTP module
+LAYER_TYPES = ("dense", "v4")        # v4: mHC + sliding-window attention + MoE (dsv4.drafters.v4_layer)
 MARKOV_KINDS = ("none", "markov", "rnn")
 
 
@@ -34,6 +35,14 @@ class DrafterConfig:
   num_key_value_heads: int = 8          # GQA groups; must divide num_attention_heads
   head_dim: int = 128                   # RoPE rotates the whole head, so even
   intermediate_size: int = 12288        # SwiGLU width of a dense layer
+  # layer_type="v4" only (dsv4.drafters.v4_layer); same names and meanings as dsv4.model.config.ModelConfig.
+  # Defaults: one V4-Flash block's MoE shape (the production drafter sits in the MTP module's slots, mtp.0–2).
+  n_routed_experts: int = 256
+  n_shared_experts: int = 1
+  num_experts_per_tok: int = 6
+  moe_intermediate_size: int = 2048     # width of each routed and shared expert
+  hc_mult: int = 4                      # mHC residual streams
+  sliding_window: int = 128             # a block sees context entries [max(ctx_start, anchor − W), anchor)
   rope_theta: float = 10000.0
   rms_norm_eps: float = 1e-6
   swiglu_limit: float | None = None     # None: a plain SwiGLU; a number clamps like the target's experts
@@ -44,6 +53,7 @@ class DrafterConfig:
   alpha_ce: float = 0.1
   alpha_tv: float = 0.9                 # weight of the full L1 ‖p_d − p_t‖₁ (= 2·TV), as DeepSpec
   alpha_conf: float = 1.0
+  alpha_soft_ce: float = 0.0            # −Σ p_t log p_d, soft-label CE against the target (EAGLE-3's loss)
   decay: float = 4.0                    # position weights exp(−k/decay), k = 0..γ−1
   dtype: str = "float32"                # compute dtype of activations
   param_dtype: str = "float32"          # storage dtype of the drafter's weights
@@ -78,8 +88,12 @@ class DrafterConfig:
 
   def check_against_target(self, target: ModelConfig) -> None:
     """The drafter fits this target: tapped layers exist and the widths agree. Raises ConfigError."""
+    if self.kind == "mtp" and target.num_nextn_predict_layers < 1:
+      _fail("kind", f"'mtp' drafts with the target's own MTP module, but the target has num_nextn_predict_layers="
+            f"{target.num_nextn_predict_layers}; use a target with num_nextn_predict_layers ≥ 1 (a checkpoint "
+            "holding mtp.0.* weights) or another drafter kind.")
     n = target.num_hidden_layers
-    bad = [i for i in self.target_layer_ids if not 0 <= i < n]
+    bad = [] if self.kind == "mtp" else [i for i in self.target_layer_ids if not 0 <= i < n]  # MTP reads no taps
     if bad:
       _fail("target_layer_ids", f"layer id(s) {bad} out of range for a target with {n} layers (valid ids are "
             f"0..{n - 1}: the output of that decoder layer).")
@@ -88,10 +102,39 @@ class DrafterConfig:
             "drafter embeds with the target's embedding and predicts with its LM head.")
 
 
+DFLASH = dict(markov="none", markov_rank=0, confidence_head=False, alpha_ce=1.0, alpha_tv=0.0, alpha_conf=0.0)
+
+
 def dflash_config(**changes) -> DrafterConfig:
   """DFlash as a DSpark config: no sequential head, no confidence head, CE-only loss (DeepSpec's baseline)."""
-  base = dict(markov="none", markov_rank=0, confidence_head=False, alpha_ce=1.0, alpha_tv=0.0, alpha_conf=0.0)
-  return DrafterConfig(**{**base, **changes})
+  return DrafterConfig(**{**DFLASH, **changes})
+
+
+EAGLE3 = dict(kind="eagle3", num_layers=1, markov="none", markov_rank=0, confidence_head=False, alpha_ce=0.0,
+              alpha_tv=0.0, alpha_conf=0.0, alpha_soft_ce=1.0, decay=-1.0 / math.log(0.8))
+
+
+def eagle3_config(**changes) -> DrafterConfig:
+  """EAGLE-3 (dsv4.drafters.eagle3, SpecForge's recipe): one layer, no heads, soft-label CE against the target
+  only, slot weights 0.8^k (= exp(−k/decay) with decay = −1/ln 0.8)."""
+  return DrafterConfig(**{**EAGLE3, **changes})
+
+
+MTP = dict(kind="mtp", block_size=1, num_layers=1, markov="none", markov_rank=0, confidence_head=False, alpha_ce=0.0,
+           alpha_tv=0.0, alpha_conf=0.0, alpha_soft_ce=1.0)
+
+
+def mtp_config(**changes) -> DrafterConfig:
+  """The target's own MTP module as a drafter (dsv4.drafters.mtp): one module (num_layers=1), no sequential or
+  confidence head, block_size=1 (MTP-1; k > 1 chains the module on its own output streams).
+
+  Loss: soft-label CE against the target only (α_soft_ce=1, α_ce=α_tv=α_conf=0). The module arrives already
+  trained with hard CE on the pretraining data; as a drafter it should match the target's distribution, which
+  acceptance measures (α = 1 − TV ≥ 1 − √(KL(p_t‖p_d)/2), and soft CE = KL(p_t‖p_d) + H(p_t)). Hard CE on the
+  regenerated token is a one-sample estimate of the same soft CE; the full distribution is the lower-variance
+  signal, and the target logits are at hand anyway (the frozen head of the target's final hidden).
+  """
+  return DrafterConfig(**{**MTP, **changes})
 
 
 def _fail(field: str, msg: str):
@@ -115,6 +158,15 @@ def validate(c: DrafterConfig) -> None:
       _fail(name, f"must be a positive integer, got {v!r}.")
   if c.layer_type not in LAYER_TYPES:
     _fail("layer_type", f"must be one of {LAYER_TYPES}, got {c.layer_type!r}.")
+  for name in ("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size", "hc_mult", "sliding_window"):
+    v = getattr(c, name)
+    if not _is_int(v) or v <= 0:
+      _fail(name, f"must be a positive integer (used by layer_type='v4'), got {v!r}.")
+  if not _is_int(c.n_shared_experts) or c.n_shared_experts < 0:
+    _fail("n_shared_experts", f"must be an integer ≥ 0 (used by layer_type='v4'), got {c.n_shared_experts!r}.")
+  if c.num_experts_per_tok > c.n_routed_experts:
+    _fail("num_experts_per_tok", f"({c.num_experts_per_tok}) exceeds n_routed_experts ({c.n_routed_experts}): "
+          "each token picks that many distinct experts.")
   if c.num_attention_heads % c.num_key_value_heads:
     _fail("num_key_value_heads", f"({c.num_key_value_heads}) must divide num_attention_heads "
           f"({c.num_attention_heads}).")
@@ -137,11 +189,21 @@ def validate(c: DrafterConfig) -> None:
           f"{c.markov_rank!r}.")
   if not isinstance(c.confidence_head, bool):
     _fail("confidence_head", f"must be a bool, got {c.confidence_head!r}.")
-  for name in ("alpha_ce", "alpha_tv", "alpha_conf"):
+  single = {"eagle3": "one decoder layer, run once per drafted token",
+            "mtp": "one MTP module, chained for block_size > 1"}
+  if c.kind in single:  # SpecForge asserts one EAGLE-3 layer; the MTP drafter is one copy of the target's module
+    if c.num_layers != 1:
+      _fail("num_layers", f"must be 1 for kind={c.kind!r} ({single[c.kind]}), got {c.num_layers}; start from "
+            f"{c.kind}_config().")
+    if c.markov != "none":
+      _fail("markov", f"must be 'none' for kind={c.kind!r} (no sequential head), got {c.markov!r}.")
+    if c.confidence_head:
+      _fail("confidence_head", f"must be False for kind={c.kind!r} (no confidence head); set alpha_conf=0 too.")
+  for name in ("alpha_ce", "alpha_tv", "alpha_conf", "alpha_soft_ce"):
     if not getattr(c, name) >= 0:
       _fail(name, f"must be ≥ 0, got {getattr(c, name)!r}.")
-  if c.alpha_ce + c.alpha_tv + c.alpha_conf <= 0:
-    _fail("alpha_ce", "alpha_ce, alpha_tv and alpha_conf are all 0: nothing would be trained.")
+  if c.alpha_ce + c.alpha_tv + c.alpha_conf + c.alpha_soft_ce <= 0:
+    _fail("alpha_ce", "alpha_ce, alpha_tv, alpha_conf and alpha_soft_ce are all 0: nothing would be trained.")
   if c.alpha_conf > 0 and not c.confidence_head:
     _fail("alpha_conf", f"is {c.alpha_conf} but confidence_head is False; set alpha_conf=0 or enable the head.")
   for name in ("dtype", "param_dtype"):

@@ -31,8 +31,10 @@ from flax import nnx
 
 from dsv4.drafters.config import DrafterConfig
 from dsv4.drafters.context import ContextKV, FrozenTarget
+from dsv4.drafters.features import Blocks, TargetFeatures
 from dsv4.drafters.heads import ConfidenceHead, SequentialHead
 from dsv4.drafters.layers import DenseLayer
+from dsv4.drafters.v4_layer import V4Layer, from_streams, stream_head, to_streams
 from dsv4.model.config import ModelConfig
 from dsv4.model.layers import DTYPES, KeySeq, Linear, RMSNorm, param
 
@@ -54,9 +56,6 @@ class DSpark(nnx.Module):
 
   def __init__(self, cfg: DrafterConfig, target_cfg: ModelConfig, *, rngs: nnx.Rngs):
     cfg.check_against_target(target_cfg)
-    if cfg.layer_type != "dense":
-      raise NotImplementedError(f"drafter.layer_type={cfg.layer_type!r}: V4 blocks (mHC, hybrid attention, MoE) as "
-                                "drafter layers are planned but not implemented yet; use layer_type='dense'.")
     self.config = cfg
     dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
     rngs = KeySeq(rngs.params())
@@ -65,7 +64,12 @@ class DSpark(nnx.Module):
     self.fc = Linear(cfg.num_taps * D, D, ("mlp", "embed"), **kw)
     self.ctx_norm = RMSNorm(D, cfg.rms_norm_eps)
     self.mask_embed = param(rngs, (G - 1, D), (None, "embed"), param_dtype) if G > 1 else None
-    self.layers = nnx.List([DenseLayer(cfg, **kw) for _ in range(cfg.num_layers)])
+    if cfg.layer_type == "v4":  # mHC streams through the layers, collapsed by a HyperHead (as the target)
+      self.layers = nnx.List([V4Layer(cfg, target_cfg, **kw) for _ in range(cfg.num_layers)])
+      self.hc_head = stream_head(cfg, target_cfg, rngs=rngs)
+    else:
+      self.layers = nnx.List([DenseLayer(cfg, **kw) for _ in range(cfg.num_layers)])
+      self.hc_head = None
     self.norm = RMSNorm(D, cfg.rms_norm_eps)
     self.seq_head = (SequentialHead(cfg.markov, target_cfg.vocab_size, cfg.markov_rank, D, **kw)
                      if cfg.markov != "none" else None)
@@ -95,7 +99,8 @@ class DSpark(nnx.Module):
              anchor_pos_BA=None):
     """Final-normed block hidden states [B, A, G, D].
 
-    Block (b, a) sees context entries ctx_start ≤ s < ctx_len (default start 0) and sits at RoPE positions
+    Block (b, a) sees context entries ctx_start ≤ s < ctx_len (default start 0; v4 layers tighten the start to
+    ctx_len − sliding_window when that is later, see dsv4.drafters.v4_layer) and sits at RoPE positions
     anchor_pos..anchor_pos+G−1 (default anchor_pos = ctx_len: the anchor shares its position with its own,
     invisible, context entry).
     """
@@ -108,8 +113,12 @@ class DSpark(nnx.Module):
       masks = jnp.broadcast_to(self.mask_embed[...].astype(self.dtype), anchor_ids_BA.shape + self.mask_embed.shape)
       h = jnp.concatenate([h, masks], axis=2)
     pos_BAG = anchor_pos_BA[..., None] + jnp.arange(G, dtype=jnp.int32)
+    if self.hc_head is not None:  # v4 layers carry hc_mult residual streams [B, A, G, N, D]
+      h = to_streams(h, self.config.hc_mult)
     for n, layer in enumerate(self.layers):
       h = layer(h, pos_BAG, ctx_kv.k_NBSJK[n], ctx_kv.v_NBSJK[n], ctx_start_BA, ctx_len_BA)
+    if self.hc_head is not None:
+      h = from_streams(self.hc_head, h)
     return self.norm(h)
 
   # --- training: many teacher-forced blocks ---------------------------------------------------------
@@ -134,6 +143,15 @@ class DSpark(nnx.Module):
     return logits, conf
 
   __call__ = block_logits
+
+  feature_names = ("taps",)
+
+  def train_logits(self, feats: TargetFeatures, blocks: Blocks, frozen: FrozenTarget):
+    """The training interface of every drafter (dsv4.drafters.features): context K/V from the row's taps at
+    their document positions, then every block teacher-forced, seeing [ctx_start, anchor) of its row."""
+    ctx_kv = self.context_kv(feats.taps_BTLD, feats.positions_BT)
+    return self.block_logits(ctx_kv, frozen, blocks.prev_BAG, blocks.anchor_BA, ctx_start_BA=blocks.ctx_start_BA,
+                             anchor_pos_BA=blocks.anchor_pos_BA)
 
   # --- inference: one block per sequence, slot by slot ----------------------------------------------
   def propose(self, ctx_kv: ContextKV, frozen: FrozenTarget, anchor_B, ctx_len_B, *, anchor_pos_B=None,

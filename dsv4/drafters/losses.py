@@ -9,7 +9,8 @@ label is a loss token). Supervision is a contiguous prefix: the mask is cumulate
   CE   = −log p_d(x*)
   L1   = ‖p_d − p_t‖₁            the full L1 (= 2·TV), not halved, as DeepSpec's loss
   Conf = BCE(c_logit, c*),  c* = clip(1 − ½‖p_d − p_t‖₁, 0, 1), detached
-  loss = α_ce·CE + α_tv·L1 + α_conf·Conf,  each a weighted mean Σ w·x / Σ w
+  Soft = −Σ_v p_t(v) log p_d(v)   soft-label CE against the target (EAGLE-3's loss; 0 weight for DSpark)
+  loss = α_ce·CE + α_tv·L1 + α_conf·Conf + α_soft·Soft,  each a weighted mean Σ w·x / Σ w
 
 Metrics (DESIGN.md definitions; positions weighted by the cumulated mask only, no decay):
   α_k = 1 − ½‖p_d − p_t‖₁ averaged over valid blocks at slot k   (the expected acceptance of slot k)
@@ -29,7 +30,8 @@ f32 = jnp.float32
 
 def loss_weights(cfg: DrafterConfig) -> dict:
   """The config's loss weights and decay, as keyword arguments of `dspark_losses`."""
-  return dict(alpha_ce=cfg.alpha_ce, alpha_tv=cfg.alpha_tv, alpha_conf=cfg.alpha_conf, decay=cfg.decay)
+  return dict(alpha_ce=cfg.alpha_ce, alpha_tv=cfg.alpha_tv, alpha_conf=cfg.alpha_conf,
+              alpha_soft_ce=cfg.alpha_soft_ce, decay=cfg.decay)
 
 
 def supervised_mask(valid_XG):
@@ -47,13 +49,17 @@ def _weighted_mean(x, w):
   return jnp.sum(jnp.where(w > 0, x, 0.0) * w) / jnp.maximum(jnp.sum(w), 1e-12)
 
 
-def draft_target_l1(logits_XGV, target_logits_XGV, valid_XG):
-  """(log p_d [..., G, V], ‖p_d − p_t‖₁ [..., G]) in float32; invalid slots' target logits are zeroed first
-  so garbage there (padding) cannot put NaNs into the gradients."""
+def draft_target_probs(logits_XGV, target_logits_XGV, valid_XG):
+  """(log p_d, p_t), [..., G, V] float32; invalid slots' target logits are zeroed first so garbage there
+  (padding) cannot put NaNs into the gradients."""
   target = jnp.where(valid_XG[..., None] > 0, target_logits_XGV.astype(f32), 0.0)
-  logp_d = jax.nn.log_softmax(logits_XGV.astype(f32), axis=-1)
-  l1 = jnp.sum(jnp.abs(jnp.exp(logp_d) - jax.nn.softmax(target, axis=-1)), axis=-1)
-  return logp_d, l1
+  return jax.nn.log_softmax(logits_XGV.astype(f32), axis=-1), jax.nn.softmax(target, axis=-1)
+
+
+def draft_target_l1(logits_XGV, target_logits_XGV, valid_XG):
+  """(log p_d [..., G, V], ‖p_d − p_t‖₁ [..., G]) in float32."""
+  logp_d, p_t = draft_target_probs(logits_XGV, target_logits_XGV, valid_XG)
+  return logp_d, jnp.sum(jnp.abs(jnp.exp(logp_d) - p_t), axis=-1)
 
 
 def bce_with_logits(logits, targets):
@@ -62,19 +68,22 @@ def bce_with_logits(logits, targets):
 
 
 def dspark_losses(logits_XGV, target_logits_XGV, labels_XG, valid_XG, conf_logits_XG=None, *, alpha_ce=0.1,
-                  alpha_tv=0.9, alpha_conf=1.0, decay=4.0) -> dict:
-  """{'loss', 'ce', 'l1', 'conf', 'weight_sum'} (scalars, float32); see the module docstring."""
+                  alpha_tv=0.9, alpha_conf=1.0, alpha_soft_ce=0.0, decay=4.0) -> dict:
+  """{'loss', 'ce', 'l1', 'conf', 'soft_ce', 'weight_sum'} (scalars, float32); see the module docstring."""
   if alpha_conf > 0 and conf_logits_XG is None:
     raise ValueError("dspark_losses: alpha_conf > 0 needs confidence logits (the drafter has no confidence head?).")
   w = position_weights(valid_XG, decay)
-  logp_d, l1 = draft_target_l1(logits_XGV, target_logits_XGV, valid_XG)
+  logp_d, p_t = draft_target_probs(logits_XGV, target_logits_XGV, valid_XG)
+  l1 = jnp.sum(jnp.abs(jnp.exp(logp_d) - p_t), axis=-1)
   ce = -jnp.take_along_axis(logp_d, labels_XG[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  soft_ce = -jnp.sum(p_t * logp_d, axis=-1)
   out = {"ce": _weighted_mean(ce, w), "l1": _weighted_mean(l1, w), "conf": jnp.zeros((), f32),
-         "weight_sum": jnp.sum(w)}
+         "soft_ce": _weighted_mean(soft_ce, w), "weight_sum": jnp.sum(w)}
   if conf_logits_XG is not None:
     target = jax.lax.stop_gradient(jnp.clip(1.0 - 0.5 * l1, 0.0, 1.0))
     out["conf"] = _weighted_mean(bce_with_logits(conf_logits_XG.astype(f32), target), w)
-  out["loss"] = alpha_ce * out["ce"] + alpha_tv * out["l1"] + alpha_conf * out["conf"]
+  out["loss"] = (alpha_ce * out["ce"] + alpha_tv * out["l1"] + alpha_conf * out["conf"]
+                 + alpha_soft_ce * out["soft_ce"])
   return out
 
 
@@ -97,13 +106,18 @@ def tau_prob(alpha_G):
   return 1.0 + jnp.sum(jnp.cumprod(alpha_G.astype(f32)))
 
 
+def calibration_gaps(pred_N, target_N, weight_N, n_bins: int = 20):
+  """Σ w·(pred − target) within each of `n_bins` equal-width bins of the predicted probability, [n_bins]."""
+  pred, target, w = (jnp.ravel(x).astype(f32) for x in (pred_N, target_N, weight_N))
+  bins = jnp.clip(jnp.floor(pred * n_bins), 0, n_bins - 1).astype(jnp.int32)
+  return jax.ops.segment_sum(w * (pred - target), bins, num_segments=n_bins)
+
+
 def calibration_error(pred_N, target_N, weight_N, n_bins: int = 20):
   """Expected calibration error over `n_bins` equal-width bins of the predicted probability:
   Σ_bins |Σ w·(pred − target)| / Σ w (= Σ_bins (n_b/N)·|mean pred_b − mean target_b|). Targets may be soft."""
-  pred, target, w = (jnp.ravel(x).astype(f32) for x in (pred_N, target_N, weight_N))
-  bins = jnp.clip(jnp.floor(pred * n_bins), 0, n_bins - 1).astype(jnp.int32)
-  gap_bins = jax.ops.segment_sum(w * (pred - target), bins, num_segments=n_bins)
-  return jnp.sum(jnp.abs(gap_bins)) / jnp.maximum(jnp.sum(w), 1e-12)
+  gaps = calibration_gaps(pred_N, target_N, weight_N, n_bins)
+  return jnp.sum(jnp.abs(gaps)) / jnp.maximum(jnp.sum(jnp.ravel(weight_N).astype(f32)), 1e-12)
 
 
 def drafter_metrics(logits_XGV, target_logits_XGV, valid_XG, conf_logits_XG=None, n_bins: int = 20) -> dict:

@@ -59,7 +59,7 @@ def make_train_step(graphdef, optimizer, train, schedule, shardings=None, batch_
       if not layer.ffn.is_hash:
         layer.ffn.bias[...] = expert_balance.update_bias(layer.ffn.bias[...], load_E, rate)
     frozen = nnx.to_pure_dict(nnx.state(model, FrozenState))
-    metrics = {"loss": total, "ce": losses["ce"], "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": total, "ce": losses["ce"], "grad_norm": optax.tree.norm(grads),
                "lr": schedule(state["step"]), "tokens": losses["tokens"],
                "expert_load_entropy": jnp.mean(jnp.stack(entropies)),
                "expert_max_load": jnp.max(jnp.stack(max_loads))}

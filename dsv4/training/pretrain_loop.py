@@ -118,6 +118,10 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   if latest is not None:
     state, data_state, meta = ckpt.restore(train_state.abstract_state(state, shardings))
     stream.set_state(data_state["streams"][jax.process_index()])
+    # Keep how the run got here: each resume's command and config (a resume may extend train.steps).
+    meta["resumes"] = [*meta.get("resumes", []), {"from_step": latest, **(provenance or {}),
+                                                  "train": json.loads(config.train.to_json())}]
+    meta["config"] = json.loads(config.to_json())
     _log(f"resuming from {ckpt.directory / str(latest)} (step {latest})")
   start = int(state["step"])
 

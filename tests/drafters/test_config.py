@@ -28,7 +28,8 @@ def small(**changes):
     (dict(target_layer_ids=()), "target_layer_ids"),
     (dict(target_layer_ids=(1, 1)), "target_layer_ids"),
     (dict(target_layer_ids=(-1, 2)), "target_layer_ids"),
-    (dict(kind="eagle3"), "kind"),
+    (dict(kind="medusa"), "kind"),
+    (dict(kind="eagle3"), "num_layers"),
     (dict(decay=0.0), "decay"),
     (dict(alpha_tv=-1.0), "alpha_tv"),
     (dict(confidence_head=False), "alpha_conf"),  # the default alpha_conf=1 needs the head

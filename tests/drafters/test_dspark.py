@@ -239,7 +239,3 @@ def test_loss_trains_the_drafter_not_the_target(taps_fn, frozen, ids):
     leaves = jax.tree.leaves(g_state[name])
     assert any(np.abs(np.asarray(x)).max() > 0 for x in leaves), name
 
-
-def test_v4_layers_are_planned_not_silently_dense():
-  with pytest.raises(NotImplementedError, match="planned"):
-    DSpark(config("markov").replace(layer_type="v4"), TARGET, rngs=nnx.Rngs(0))

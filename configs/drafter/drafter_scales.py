@@ -1,0 +1,55 @@
+"""The scales shared by the drafter configs: each config file here picks a drafter kind, the variant a scale.
+
+  tiny      tests: the tiny target (trained into runs/target-tiny on first use, ~1 minute), vocab 512
+  small     the demo: the committed small target (assets/targets/small), the embedded stdlib corpus
+  v4_flash, v4_pro   production-shaped: 3 V4 backbone layers (mHC, MoE shaped like the target's experts, sliding
+            window), γ = 5, Markov rank 256 (targets loaded from a path); EAGLE-3/MTP keep their own layer
+"""
+
+from dsv4.training.distill_config import distill_config, target_section
+
+SCALES = ("tiny", "small", "v4_flash", "v4_pro")
+
+_DRAFTER = {
+    "tiny": dict(hidden_size=64, num_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                 intermediate_size=128, block_size=4, markov_rank=16, target_layer_ids=(0, 1, 2)),
+    "small": dict(hidden_size=256, num_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                  intermediate_size=512, block_size=7, markov_rank=64, target_layer_ids=(0, 1, 2, 3)),
+    "v4_flash": dict(hidden_size=4096, num_layers=3, layer_type="v4", num_attention_heads=32, num_key_value_heads=8,
+                     head_dim=128, intermediate_size=12288, block_size=5, markov_rank=256,
+                     target_layer_ids=(1, 11, 21, 31, 41), n_routed_experts=256, num_experts_per_tok=6,
+                     moe_intermediate_size=2048, swiglu_limit=10.0, dtype="bfloat16", param_dtype="bfloat16"),
+    "v4_pro": dict(hidden_size=7168, num_layers=3, layer_type="v4", num_attention_heads=64, num_key_value_heads=8,
+                   head_dim=128, intermediate_size=18432, block_size=5, markov_rank=256,
+                   target_layer_ids=(1, 15, 30, 45, 59), n_routed_experts=384, num_experts_per_tok=6,
+                   moe_intermediate_size=3072, swiglu_limit=10.0, dtype="bfloat16", param_dtype="bfloat16"),
+}
+_TARGET = {
+    "tiny": target_section("runs/target-tiny", config="configs/target/tiny.py", train_steps=150),
+    "small": target_section("assets/targets/small"),
+    "v4_flash": target_section("checkpoints/DeepSeek-V4-Flash"),
+    "v4_pro": target_section("checkpoints/DeepSeek-V4-Pro"),
+}
+_TRAIN = {
+    "tiny": dict(steps=120, batch_size=8, checkpoint_every=40, eval_every=40, eval_batches=2, log_every=10, lr=3e-3),
+    "small": dict(steps=400, batch_size=8, checkpoint_every=100, eval_every=100, eval_batches=4, log_every=10,
+                  lr=1e-3),
+    "v4_flash": dict(steps=20000, batch_size=256, checkpoint_every=1000, eval_every=1000, eval_batches=16),
+    "v4_pro": dict(steps=20000, batch_size=256, checkpoint_every=1000, eval_every=1000, eval_batches=16),
+}
+_DATA = {
+    "tiny": dict(corpus_dir="data/stdlib_corpus_v512", corpus_vocab_size=512, seq_len=256, num_anchors=8,
+                 max_blocks=24),
+    "small": dict(seq_len=512, num_anchors=16, max_blocks=48),
+    "v4_flash": dict(source="", seq_len=4096, num_anchors=512, max_blocks=512),
+    "v4_pro": dict(source="", seq_len=4096, num_anchors=512, max_blocks=512),
+}
+
+
+def config_for(drafter: dict, arg: str | None, where: str):
+  """`arg` names the scale, one of SCALES (default tiny)."""
+  scale = arg or "tiny"
+  if scale not in SCALES:
+    raise ValueError(f"{where}: unknown scale {scale!r}; choose one of {SCALES} (e.g. {where}:small).")
+  return distill_config({**_DRAFTER[scale], **drafter}, _TARGET[scale].copy_and_resolve_references(),
+                        dict(_TRAIN[scale]), dict(_DATA[scale]))

@@ -1,0 +1,15 @@
+"""The target's own MTP module as a drafter, fine-tuned against the target (MTP-γ chains it on its output):
+`configs/drafter/mtp.py:SCALE`. The block size stays the scale's γ; `--config.drafter.block_size=1` is MTP-1."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from drafter_scales import config_for  # noqa: E402
+
+from dsv4.drafters.config import MTP  # noqa: E402
+
+
+def get_config(arg=None):
+  fields = {k: v for k, v in MTP.items() if k != "block_size"} | {"layer_type": "dense"}  # the module is the target's
+  return config_for(fields, arg, "mtp.py")

@@ -1,0 +1,167 @@
+"""The drafter distillation step: frozen target features → drafter blocks → DSpark loss, jitted with donation.
+
+  feats         online: a frozen target forward inside the step (taps, final-normed hidden, streams on request);
+                offline: the same arrays read from the feature cache (dsv4.training.feature_cache)
+  blocks        make_blocks at the host-sampled anchors (dsv4.data.anchors)
+  target logits head(hidden[anchor + k]): only at the A·G supervised slots, never [B, T, V]
+  loss          dspark_losses with the drafter config's weights (dsv4.drafters.losses)
+
+Only the drafter's parameters get gradients; the target's arrays are an argument of the step, not state, so a
+drafter checkpoint holds the drafter alone. Metrics of the evaluation step are sums, so a held-out figure pools
+exactly over any number of batches (`pool_eval`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from dsv4.drafters import losses as L
+from dsv4.drafters.context import FrozenTarget
+from dsv4.drafters.features import TargetFeatures, gather_slots, make_blocks
+from dsv4.model.layers import DTYPES
+from dsv4.parallel.rules import logical_to_spec
+
+ROW_FIELDS = ("tokens", "segment_ids", "positions", "target_mask")
+BLOCK_FIELDS = ("anchor", "keep")
+FEATURE_FIELDS = {"hidden": 3, "taps": 4, "streams": 4}  # offline cache arrays and their ranks [B, T, ...]
+LOSS_TERMS = ("loss", "ce", "l1", "conf", "soft_ce")
+N_BINS = 20
+
+
+def frozen_target(target: dict, target_cfg) -> FrozenTarget:
+  """The target's embedding and LM head out of its params pure dict."""
+  return FrozenTarget(target["params"]["embed"], target["params"]["lm_head"], DTYPES[target_cfg.dtype])
+
+
+def online_features(target_graphdef, target: dict, batch: dict, tap_layers: tuple[int, ...],
+                    feature_names: tuple[str, ...]) -> TargetFeatures:
+  """The frozen target's features of a batch of packed rows (a forward whose logits XLA prunes away)."""
+  model = nnx.merge(target_graphdef, target["params"], target["frozen"])
+  out = model.forward(batch["tokens"], tap_layers=tap_layers if "taps" in feature_names else (),
+                      positions_BT=batch["positions"], segment_ids_BT=batch["segment_ids"])
+  sg = jax.lax.stop_gradient
+  return TargetFeatures(batch["tokens"], batch["positions"], batch["segment_ids"], sg(out.final_hidden_BTD),
+                        sg(out.taps_BTLD) if "taps" in feature_names else None,
+                        sg(out.streams_BTND) if "streams" in feature_names else None)
+
+
+def feature_arrays(target_graphdef, target: dict, rows: dict, tap_layers, feature_names) -> dict:
+  """What the offline cache stores for a batch of rows: {"hidden", "taps"?, "streams"?}."""
+  feats = online_features(target_graphdef, target, rows, tap_layers, feature_names)
+  out = {"hidden": feats.hidden_BTD, "taps": feats.taps_BTLD, "streams": feats.streams_BTND}
+  return {k: v for k, v in out.items() if v is not None}
+
+
+def offline_features(batch: dict, dtype) -> TargetFeatures:
+  """Cached features (stored in the cache dtype) in the compute dtype."""
+  get = lambda k: batch[k].astype(dtype) if k in batch else None
+  return TargetFeatures(batch["tokens"], batch["positions"], batch["segment_ids"], get("hidden"), get("taps"),
+                        get("streams"))
+
+
+def _outputs(drafter, feats: TargetFeatures, frozen: FrozenTarget, batch: dict, block_size: int):
+  blocks = make_blocks(batch["tokens"], batch["segment_ids"], batch["positions"], batch["target_mask"],
+                       batch["anchor"], batch["keep"], block_size)
+  if hasattr(drafter, "valid_blocks"):  # a drafter that cannot serve some anchors (MTP: a document's first token)
+    blocks = drafter.valid_blocks(blocks)
+  logits, conf = drafter.train_logits(feats, blocks, frozen)
+  target_logits = frozen.head(gather_slots(feats.hidden_BTD, blocks.anchor_BA, block_size))
+  return blocks, logits, conf, target_logits
+
+
+def make_loss_fn(graphdef, drafter_cfg, feature_names, target_graphdef, target_cfg, features: str):
+  """`(params, rest, target, batch) -> (loss, aux)`; `target` = {"params", "frozen"} pure dicts of the target
+  (online mode runs all of it; offline mode reads only its embedding and head)."""
+  if features not in ("online", "offline"):
+    raise ValueError(f"features must be 'online' or 'offline', got {features!r}.")
+  weights, G = L.loss_weights(drafter_cfg), drafter_cfg.block_size
+
+  def loss_fn(params, rest, target, batch):
+    drafter = nnx.merge(graphdef, params, rest)
+    frozen = frozen_target(target, target_cfg)
+    if features == "online":
+      feats = online_features(target_graphdef, target, batch, drafter_cfg.target_layer_ids, feature_names)
+    else:
+      feats = offline_features(batch, DTYPES[target_cfg.dtype])
+    blocks, logits, conf, target_logits = _outputs(drafter, feats, frozen, batch, G)
+    out = L.dspark_losses(logits, target_logits, blocks.labels_BAG, blocks.valid_BAG, conf, **weights)
+    return out["loss"], (out, blocks, logits, conf, target_logits)
+
+  return loss_fn
+
+
+def _metric_sums(out, blocks, logits, conf, target_logits) -> dict:
+  """Sums that pool exactly over batches: loss terms × weight, per-slot acceptance sums and counts, the
+  confidence calibration gap per bin."""
+  w = out["weight_sum"]
+  sums = {k: out[k] * w for k in LOSS_TERMS}
+  alpha_G, count_G = L.expected_acceptance(logits, target_logits, blocks.valid_BAG)
+  sums.update(weight=w, accept_sum=alpha_G * count_G, accept_count=count_G,
+              blocks=jnp.sum(blocks.valid_BAG[..., 0]))
+  if conf is not None:
+    _, l1 = L.draft_target_l1(logits, target_logits, blocks.valid_BAG)
+    target = jnp.clip(1.0 - 0.5 * l1, 0.0, 1.0)
+    m = L.supervised_mask(blocks.valid_BAG)
+    sums["conf_gap"] = L.calibration_gaps(jax.nn.sigmoid(conf.astype(jnp.float32)), target, m, N_BINS)
+    sums["conf_abs"] = jnp.sum(m * jnp.abs(jax.nn.sigmoid(conf.astype(jnp.float32)) - target))
+    sums["conf_weight"] = jnp.sum(m)
+  return sums
+
+
+def pool(sums_list) -> dict:
+  """Scalars (and per-slot `accept_k`) from summed metrics of one or many batches (numpy)."""
+  total = {k: np.sum([np.asarray(s[k], np.float64) for s in sums_list], axis=0) for k in sums_list[0]}
+  w = max(float(total["weight"]), 1e-12)
+  out = {k: float(total[k]) / w for k in LOSS_TERMS}
+  alpha = np.where(total["accept_count"] > 0, total["accept_sum"] / np.maximum(total["accept_count"], 1.0), 0.0)
+  out["tau_prob"] = float(1.0 + np.sum(np.cumprod(alpha)))
+  out.update({f"accept_{k}": float(a) for k, a in enumerate(alpha)})
+  out["blocks"] = float(total["blocks"])
+  if "conf_gap" in total:
+    cw = max(float(total["conf_weight"]), 1e-12)
+    out["conf_ece"] = float(np.sum(np.abs(total["conf_gap"]))) / cw
+    out["conf_err"] = float(total["conf_abs"]) / cw
+  return out
+
+
+def batch_sharding(mesh, rules, ranks: dict) -> dict:
+  """Every batch array (name → rank) is split over the batch mesh axes along its first dimension."""
+  spec0 = logical_to_spec(("batch",), rules)[0]
+  return {k: NamedSharding(mesh, P(spec0, *([None] * (r - 1)))) for k, r in ranks.items()}
+
+
+def make_train_step(loss_fn, optimizer, schedule, shardings=None, target_shardings=None, batch_shardings=None):
+  """`(state, target, batch) -> (state, sums)`, jitted; `state` = {"params", "rest", "opt", "step"} (donated)."""
+
+  def step(state, target, batch):
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, aux), grads = grad_fn(state["params"], state["rest"], target, batch)
+    updates, opt = optimizer.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    sums = _metric_sums(*aux)
+    sums.update(grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]),
+                tokens=jnp.sum(batch["segment_ids"] != 0))
+    return {"params": params, "rest": state["rest"], "opt": opt, "step": state["step"] + 1}, sums
+
+  if shardings is None:
+    return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, in_shardings=(shardings, target_shardings, batch_shardings), out_shardings=(shardings, None),
+                 donate_argnums=0)
+
+
+def make_eval_step(loss_fn, param_shardings=None, target_shardings=None, batch_shardings=None):
+  """`(params, rest, target, batch) -> sums` (see `pool`)."""
+
+  def step(params, rest, target, batch):
+    _, aux = loss_fn(params, rest, target, batch)
+    return _metric_sums(*aux)
+
+  if param_shardings is None:
+    return jax.jit(step)
+  return jax.jit(step, in_shardings=(*param_shardings, target_shardings, batch_shardings))

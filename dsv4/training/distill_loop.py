@@ -1,0 +1,269 @@
+"""Drafter distillation: the loop behind `scripts/train_drafter.py`.
+
+  target   frozen, loaded (or trained first, saying so) from config.target; its arrays are sharded by the same
+           rules as in pretraining and passed to every step as an argument, never checkpointed here
+  data     packed rows from config.data (the embedded corpus: teacher forcing on code; a regenerated dataset:
+           responses of the target with a response-only mask), anchors drawn per document on the host
+  features online (target forward inside the jitted step) or offline (a feature cache built first, saying so)
+  state    the drafter's params, its other variables, the optimizer state and the step — all that a checkpoint
+           holds, with the data-stream position and, in its metadata, the drafter config and the target's identity
+
+Resuming is re-running the same command. Held-out metrics (τ_prob, α_k, loss terms, calibration) are computed
+on `train.eval_batches` fixed validation batches every `train.eval_every` steps and once before training
+(τ_prob at initialisation, kept in the checkpoint metadata so a resumed run still reports it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from dsv4.data.anchors import batch_anchors
+from dsv4.drafters.build import build_drafter
+from dsv4.model.config import ConfigError
+from dsv4.parallel.config import mesh_from_config, rules_from_config
+from dsv4.parallel.distributed import is_main
+from dsv4.training import data_setup, distill, feature_cache, train_state
+from dsv4.training.checkpointing import TrainCheckpointer
+from dsv4.training.distill_config import FEATURE_MODES, drafter_config
+from dsv4.training.optimizer import learning_rate, make_optimizer
+from dsv4.training.pretrain_loop import TrainingError, check_batch
+from dsv4.training.progress import progress
+from dsv4.training.target_source import describe, ensure_target, tokenizer_path
+from dsv4.training.tensorboard import ScalarWriter
+
+
+def _log(msg: str) -> None:
+  if is_main():
+    print(msg, flush=True)
+
+
+def check_config(config) -> None:
+  """Config errors before any compute (the drafter config validates itself when built)."""
+  t, d = config.train, config.data
+  for name in ("steps", "batch_size", "checkpoint_every", "eval_every", "log_every", "keep_checkpoints",
+               "eval_batches"):
+    if int(t[name]) < 1:
+      raise ConfigError(f"config.train.{name}: must be ≥ 1 (got {t[name]}).")
+  if t.features not in FEATURE_MODES:
+    raise ConfigError(f"config.train.features: must be one of {FEATURE_MODES}, got {t.features!r}.")
+  for name in ("num_anchors", "max_blocks"):
+    if int(d[name]) < 1:
+      raise ConfigError(f"config.data.{name}: must be ≥ 1 (got {d[name]}).")
+  if t.batch_size % jax.process_count():
+    raise ConfigError(f"config.train.batch_size={t.batch_size} does not divide over {jax.process_count()} processes.")
+
+
+class Data:
+  """This process's rows for each step (with anchors), online from the packed stream or from the cache."""
+
+  def __init__(self, config, splits, target_cfg, feature_names, features_fn, workdir: Path):
+    t, d = config.train, config.data
+    self.t, self.d = t, d
+    self.local_rows = t.batch_size // jax.process_count()
+    self.first_row = jax.process_index() * self.local_rows
+    self.stream = data_setup.train_stream(splits, d, target_cfg, t.batch_size)
+    val = data_setup.val_stream(splits, d, target_cfg, t.batch_size)
+    self.val = [next(val) for _ in range(int(t.eval_batches))]
+    self.cache = self.val_cache = None
+    if t.features == "offline":
+      root = Path(t.cache_dir) if t.cache_dir else workdir / "features"
+      name = f"p{jax.process_index()}"
+      n = int(t.cache_batches) or int(t.steps)
+      meta = {"target_layer_ids": list(config.drafter.target_layer_ids), "features": list(feature_names)}
+      for split, batches, count in (("train", self.stream, n), ("validation", iter(self.val), len(self.val))):
+        path = root / split / name
+        if not (path / feature_cache.MANIFEST).exists():
+          _log(f"building the offline {split} feature cache at {path} ({count} batches)")
+          feature_cache.build(path, batches, count, features_fn, t.cache_dtype, meta, log=_log)
+      self.cache = feature_cache.FeatureCache(root / "train" / name)
+      self.val_cache = feature_cache.FeatureCache(root / "validation" / name)
+      if self.cache.manifest.get("target_layer_ids") != meta["target_layer_ids"]:
+        raise ConfigError(f"{root}: the feature cache was built for taps {self.cache.manifest.get('target_layer_ids')}"
+                          f", not drafter.target_layer_ids={meta['target_layer_ids']}; use another train.cache_dir.")
+
+  def _with_anchors(self, rows: dict, step: int, salt: int = 0) -> dict:
+    anchors = batch_anchors(rows, int(self.d.num_anchors), int(self.d.max_blocks), int(self.t.seed) + salt, step,
+                            self.first_row)
+    return {**rows, "anchor": anchors["anchor"], "keep": anchors["keep"]}
+
+  def train_batch(self, step: int) -> dict:
+    rows = self.cache.batch(step) if self.cache is not None else next(self.stream)
+    return self._with_anchors(rows, step)
+
+  def val_batches(self):
+    for i in range(len(self.val)):
+      rows = self.val_cache.batch(i) if self.val_cache is not None else self.val[i]
+      yield self._with_anchors(rows, i, salt=1_000_003)
+
+  def state(self) -> dict:
+    return {"stream": self.stream.get_state()} if self.cache is None else {"stream": None}
+
+  def restore(self, state: dict) -> None:
+    if self.cache is None and state.get("stream") is not None:
+      self.stream.set_state(state["stream"])
+
+
+def _gather_data_states(local: dict) -> list[dict]:
+  """Every process's data state, so process 0's checkpoint metadata holds them all."""
+  if jax.process_count() == 1:
+    return [local]
+  text = json.dumps(local).encode()
+  buf = np.zeros(4096, np.uint8)
+  buf[:len(text)] = np.frombuffer(text, np.uint8)
+  everyone = np.asarray(multihost_utils.process_allgather(buf)).reshape(jax.process_count(), -1)
+  return [json.loads(bytes(row).rstrip(b"\0")) for row in everyone]
+
+
+def _global(local: dict, shardings: dict) -> dict:
+  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
+
+
+def evaluate(eval_step, state, target, data: Data, batch_sh) -> dict:
+  sums = [jax.device_get(eval_step(state["params"], state["rest"], target, _global(b, batch_sh)))
+          for b in data.val_batches()]
+  return distill.pool(sums)
+
+
+def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
+  """Distils `config.drafter` from `config.target` to `config.train.steps` (resuming from WORKDIR/checkpoints)."""
+  workdir = Path(workdir)
+  check_config(config)
+  dcfg = drafter_config(config)
+  t, d = config.train, config.data
+  mesh, rules = mesh_from_config(config), rules_from_config(config)
+  check_batch(t.batch_size, mesh, rules)
+
+  target = ensure_target(config.target, log=_log)
+  target_cfg = target.config
+  dcfg.check_against_target(target_cfg)
+  if not d.tokenizer and tokenizer_path(config.target.path) is not None:
+    d.tokenizer = str(tokenizer_path(config.target.path))  # the target's own tokenizer
+  splits = data_setup.load_splits(d, target_cfg, log=_log)
+
+  # --- the frozen target, sharded like in pretraining ----------------------------------------------
+  tgd, tparams, tfrozen = train_state.split_model(target)
+  t_sh = dict(zip(("params", "frozen"), train_state.model_shardings(target, mesh, rules), strict=True))
+  target_arrays = {"params": jax.device_put(tparams, t_sh["params"]), "frozen": jax.device_put(tfrozen, t_sh["frozen"])}
+
+  # --- the drafter -----------------------------------------------------------------------------------
+  drafter = build_drafter(dcfg, target_cfg, seed=t.seed, target=target, mesh=mesh, rules=rules)
+  del target
+  feature_names = tuple(drafter.feature_names)
+  graphdef, params, rest = nnx.split(drafter, nnx.Param, ...)
+  del drafter
+  params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+  optimizer, schedule = make_optimizer(t), learning_rate(t)
+  p_sh = jax.tree.map(lambda x: x.sharding, params)  # born in the rules' shardings (build_drafter)
+  r_sh = jax.tree.map(lambda x: x.sharding, rest)
+  params_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  shardings = {"params": p_sh, "rest": r_sh,
+               "opt": train_state.optimizer_shardings(optimizer, params_abstract, p_sh, mesh),
+               "step": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
+  state = {"params": params, "rest": rest,
+           "opt": jax.jit(optimizer.init, out_shardings=shardings["opt"])(params),
+           "step": jax.device_put(jnp.zeros((), jnp.int32), shardings["step"])}
+
+  loss_fn = distill.make_loss_fn(graphdef, dcfg, feature_names, tgd, target_cfg, t.features)
+  features_fn = jax.jit(lambda target, rows: distill.feature_arrays(tgd, target, rows, dcfg.target_layer_ids,
+                                                                      feature_names))
+  data = Data(config, splits, target_cfg, feature_names,
+              lambda rows: features_fn(target_arrays, {k: jnp.asarray(v) for k, v in rows.items()}), workdir)
+  bpt = feature_cache.bytes_per_token(target_cfg.hidden_size, dcfg.num_taps, feature_names, t.cache_dtype,
+                                      target_cfg.hc_mult)
+  _log(f"bytes per token read by each feature mode: online {bpt['online']}, offline {bpt['offline']} "
+       f"({t.features} in use)")
+
+  # --- checkpoints --------------------------------------------------------------------------------
+  ckpt = TrainCheckpointer(workdir / "checkpoints", every=t.checkpoint_every, keep=t.keep_checkpoints,
+                           async_save=t.async_checkpoints)
+  meta = {"config": json.loads(config.to_json()), "drafter": dcfg.to_dict(),
+          "target": describe(config.target.path, target_cfg), "tokens_seen": 0, "seconds": 0.0,
+          **(provenance or {})}
+  latest = ckpt.latest_step()
+  if latest is not None:
+    abstract = train_state.abstract_state(state, shardings)
+    state, data_state, meta = ckpt.restore(abstract)
+    data.restore(data_state["processes"][jax.process_index()])
+    _log(f"resuming from {ckpt.directory / str(latest)} (step {latest})")
+  start = int(state["step"])
+
+  ranks = {**{k: 2 for k in distill.ROW_FIELDS + distill.BLOCK_FIELDS},
+           **({k: distill.FEATURE_FIELDS[k] for k in data.cache.arrays if k in distill.FEATURE_FIELDS}
+              if data.cache is not None else {})}
+  batch_sh = distill.batch_sharding(mesh, rules, ranks)
+  train_step = distill.make_train_step(loss_fn, optimizer, schedule, shardings, t_sh, batch_sh)
+  eval_step = distill.make_eval_step(loss_fn, (shardings["params"], shardings["rest"]), t_sh, batch_sh)
+
+  writer = ScalarWriter(workdir / "tensorboard")
+  with jax.set_mesh(mesh):
+    if "tau_prob_init" not in meta:
+      init = evaluate(eval_step, state, target_arrays, data, batch_sh)
+      meta["tau_prob_init"] = init["tau_prob"]
+      writer.scalars(start, {f"val/{k}": v for k, v in init.items()})
+      writer.text(0, "config", config.to_json(indent=2))
+      _log(f"held-out tau_prob at initialisation: {init['tau_prob']:.4f}")
+    last = {"loss": math.nan, "tau_prob": None}
+    bar = progress(t.steps, initial=start, desc="train_drafter")
+    tokens_seen, seconds = meta["tokens_seen"], meta["seconds"]
+    window, window_tokens, window_start = [], 0.0, time.perf_counter()
+    for step in range(start, t.steps):
+      batch = _global(data.train_batch(step), batch_sh)
+      tick = time.perf_counter()
+      state, sums = train_step(state, target_arrays, batch)
+      sums = jax.device_get(sums)
+      seconds += time.perf_counter() - tick
+      done = step + 1
+      metrics = distill.pool([sums])
+      if not all(math.isfinite(v) for v in metrics.values()):
+        ckpt.wait()
+        kept = ckpt.latest_step()
+        ckpt.close()
+        raise TrainingError(f"non-finite drafter loss at step {done}; stopped without saving it. The last good "
+                            f"checkpoint is {'none' if kept is None else ckpt.directory / str(kept)}; lower "
+                            "config.train.lr or check the data, then re-run to resume.")
+      n_tokens = float(sums["tokens"])
+      tokens_seen += n_tokens
+      window.append(sums)
+      window_tokens += n_tokens
+      last["loss"] = metrics["loss"]
+      bar.update(1)
+      bar.set_postfix(loss=f"{metrics['loss']:.3f}", tau=f"{metrics['tau_prob']:.2f}")
+      if done % t.log_every == 0 or done == t.steps:
+        scalars = distill.pool(window)
+        scalars.update(grad_norm=float(sums["grad_norm"]), lr=float(sums["lr"]),
+                       tokens_per_s=window_tokens / max(time.perf_counter() - window_start, 1e-9))
+        writer.scalars(done, {f"train/{k}": v for k, v in scalars.items()})
+        window, window_tokens, window_start = [], 0.0, time.perf_counter()
+      if done % t.eval_every == 0 or done == t.steps:
+        held = evaluate(eval_step, state, target_arrays, data, batch_sh)
+        last["tau_prob"] = held["tau_prob"]
+        writer.scalars(done, {f"val/{k}": v for k, v in held.items()})
+        if is_main():
+          bar.write(f"step {done}: loss {metrics['loss']:.4f}  held-out tau_prob {held['tau_prob']:.4f} "
+                    f"(init {meta['tau_prob_init']:.4f})")
+        window_start = time.perf_counter()
+      meta = {**meta, "tokens_seen": tokens_seen, "seconds": seconds, "loss": metrics["loss"],
+              "tau_prob": last["tau_prob"]}
+      if done % t.checkpoint_every == 0 or done == t.steps:
+        ckpt.save(done, state, {"processes": _gather_data_states(data.state())}, meta, force=done == t.steps)
+    bar.close()
+  ckpt.wait()
+  final = ckpt.latest_step()
+  ckpt.close()
+  writer.close()
+  if last["tau_prob"] is None:  # nothing left to train: report the checkpoint's held-out figure
+    last["tau_prob"] = meta.get("tau_prob")
+  return {"step": int(state["step"]), "loss": last["loss"] if start < t.steps else meta.get("loss"),
+          "tau_prob": last["tau_prob"], "tau_prob_init": meta["tau_prob_init"],
+          "checkpoint": str(ckpt.directory / str(final)) if final is not None else None,
+          "features": t.features, "bytes_per_token": bpt[t.features], "tokens_seen": tokens_seen,
+          "train_seconds": seconds, "tokens_per_s": tokens_seen / max(seconds, 1e-9)}

@@ -1,0 +1,76 @@
+"""Distil a drafter (DSpark, DFlash, EAGLE-3, MTP) from a frozen V4-style target.
+
+  python scripts/train_drafter.py --config configs/drafter/dspark_small.py --workdir runs/dspark-small
+  python scripts/train_drafter.py --config configs/drafter/dspark.py:tiny --workdir runs/dspark-tiny
+  python scripts/train_drafter.py --config configs/drafter/dflash.py:small --workdir runs/dflash-small \
+      --config.train.features=offline
+
+The target comes from config.target.path (trained there first from config.target.config when absent, e.g. the
+tiny target); the data from config.data (the embedded corpus unless told otherwise). Re-running the same
+command resumes. Logs go to WORKDIR/tensorboard. Multi-process: add --coordinator_address/--num_processes/
+--process_id (TPU pods and SLURM are detected). Ends with one JSON line
+{"step", "loss", "tau_prob", "tau_prob_init", "checkpoint", ...} (held-out τ_prob now and at initialisation).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "drafter config (configs/drafter/*.py[:scale])")
+_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard logs and provenance go here")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
+_NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
+_PID = flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _provenance() -> dict:
+  """The command line and the source commit (if this is a git checkout), kept in every checkpoint."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
+                            timeout=10).stdout.strip() or None
+    dirty = bool(subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10).stdout.strip())
+  except (OSError, subprocess.SubprocessError):
+    commit, dirty = None, None
+  return {"command": " ".join(["python"] + sys.argv), "commit": commit, "commit_dirty": dirty}
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}; use --config=... and --config.<section>.<field>=...")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+  from dsv4.parallel import distributed
+  try:
+    distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  from dsv4.data.errors import DataError
+  from dsv4.io.safetensors_dir import CheckpointError as TargetError
+  from dsv4.model.config import ConfigError
+  from dsv4.training import distill_loop
+  from dsv4.training.checkpointing import CheckpointError
+  from dsv4.training.feature_cache import FeatureCacheError
+  from dsv4.training.pretrain_loop import TrainingError
+  config = _CONFIG.value
+  for section in ("drafter", "target", "train", "data"):
+    if section not in config:
+      sys.exit(f"error: the config has no `{section}` section; drafter configs (configs/drafter/*.py) define "
+               "drafter, target, train and data.")
+  try:
+    result = distill_loop.run(config, _WORKDIR.value, provenance=_provenance())
+  except (ConfigError, DataError, CheckpointError, TargetError, FeatureCacheError, TrainingError) as e:
+    sys.exit(f"error: {e}")
+  if distributed.is_main():
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)
