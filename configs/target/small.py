@@ -16,7 +16,8 @@ from dsv4.training.config import data_section, train_section
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.model = model_section(
-      vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, head_dim=64,
+      vocab_size=8192, bos_token_id=1, eos_token_id=2,  # the embedded corpus BPE's <|bos|>, <|eos|> (0 is <|pad|>)
+      hidden_size=256, num_hidden_layers=4, num_attention_heads=4, head_dim=64,
       q_lora_rank=96, qk_rope_head_dim=16, o_groups=2, o_lora_rank=64, sliding_window=64,
       compress_ratios=(0, 4, 128, 0),
       yarn=dict(factor=16.0, original_max_position_embeddings=1024, beta_fast=32.0, beta_slow=1.0),

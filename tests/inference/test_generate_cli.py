@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,6 +16,7 @@ def run(*args):
                         text=True, cwd=ROOT, timeout=600)
 
 
+@pytest.mark.slow  # several CLI subprocesses, each compiling
 def test_text_prompts_and_errors(tmp_path):
   vocab = {w: i for i, w in enumerate(["<unk>", "<eos>"] + [f"w{i}" for i in range(510)])}
   tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

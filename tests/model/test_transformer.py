@@ -28,6 +28,7 @@ def ids():
   return jnp.asarray(np.random.default_rng(0).integers(0, CFG.vocab_size, (2, T)), jnp.int32)
 
 
+@pytest.mark.slow  # an eager forward dispatches and compiles op by op
 def test_jit_of_split_model_equals_eager(model, ids):
   graphdef, state = nnx.split(model)
 

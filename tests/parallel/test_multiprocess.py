@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dsv4.configs import load_config, model_config
 from dsv4.parallel.forward import jit_forward_sharded
@@ -24,6 +25,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes, each compiling the tiny target
 def test_two_processes_match_one(tmp_path):
   port, out = free_port(), tmp_path / "logits.npy"
   cmd = [sys.executable, str(WORKER), "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",

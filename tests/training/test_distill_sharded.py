@@ -80,6 +80,7 @@ def reference():
   return run({"data": 1})
 
 
+@pytest.mark.slow  # three 8-device compilations of the step
 @pytest.mark.parametrize("mesh_sizes", MESHES, ids=lambda m: "x".join(f"{k}{v}" for k, v in m.items()))
 def test_sharded_drafter_step_equals_single_device(mesh_sizes):
   ref_sums, ref_params = reference()

