@@ -10,7 +10,6 @@ SLURM are detected). Ends with one JSON line {"step", "loss", "val_loss", "check
 
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,24 +25,12 @@ _PID = flags.DEFINE_integer("process_id", None, "this process's index (multi-pro
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _provenance() -> dict:
-  """The command line and the source commit (if this is a git checkout), kept in every checkpoint."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  try:
-    commit = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
-                            timeout=10).stdout.strip() or None
-    dirty = bool(subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10).stdout.strip())
-  except (OSError, subprocess.SubprocessError):
-    commit, dirty = None, None
-  return {"command": " ".join(["python"] + sys.argv), "commit": commit, "commit_dirty": dirty}
-
-
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}; use --config=... and --config.<section>.<field>=...")
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   from dsv4.parallel import distributed
+  from dsv4.training.provenance import provenance
   try:
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
   except ValueError as e:
@@ -58,7 +45,7 @@ def main(argv):
       sys.exit(f"error: {_CONFIG.config_filename if hasattr(_CONFIG, 'config_filename') else 'config'} has no "
                f"`{section}` section; target configs for training define model, train and data.")
   try:
-    result = pretrain_loop.run(config, _WORKDIR.value, provenance=_provenance())
+    result = pretrain_loop.run(config, _WORKDIR.value, provenance=provenance())
   except (ConfigError, DataError, CheckpointError, pretrain_loop.TrainingError) as e:
     sys.exit(f"error: {e}")
   if distributed.is_main():
