@@ -72,7 +72,7 @@ def main(argv=None):
 
   results = {}
   for mode in ("online", "offline"):
-    loss_fn = distill.make_loss_fn(graphdef, dcfg, names, tgd, target.config, mode)
+    loss_fn = distill.make_loss_fn(graphdef, dcfg, names, tgd, target.config, mode, t.moe_impl or None)
     step = distill.make_train_step(loss_fn, optimizer, schedule)
     inputs = {k: jnp.asarray(v) for k, v in {**batch, **(cached if mode == "offline" else {})}.items()}
     fresh = lambda: {"params": jax.tree.map(jnp.copy, params), "rest": rest, "opt": optimizer.init(params),

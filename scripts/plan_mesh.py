@@ -3,9 +3,13 @@
   python scripts/plan_mesh.py --config configs/target/v4_pro.py:bf16 --mesh expert=64,fsdp=4 --device h200 \
       --job serve --batch 64 --seq 8192
   python scripts/plan_mesh.py --config configs/target/v4_flash.py:bf16 --device h200 --job train_drafter --search
+  python scripts/plan_mesh.py --config configs/target/v4_flash.py:bf16 --job train_drafter \
+      --drafter configs/drafter/dspark.py:v4_flash --mesh expert=8,fsdp=8 --batch 8
 
 Parameters and the decode cache go through the rules (the config's `rules` section over DEFAULT_RULES) on an
-abstract mesh of any size; activations are the estimate documented in dsv4/parallel/plan.py. `--search` tries
+abstract mesh of any size; activations are the estimate documented in dsv4/parallel/plan.py. With --drafter, a
+train_drafter plan adds the drafter's parameters, AdamW state, batch and activations (dsv4/parallel/plan_drafter.py;
+scripts/aot_drafter_step.py compares them with XLA's compiled step). `--search` tries
 power-of-two meshes in order of device count and reports the first that fits.
 Prints a table, then one JSON line.
 """
@@ -18,12 +22,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from dsv4.configs import model_config
+from dsv4.configs import load_config, model_config
 from dsv4.model.config import ConfigError
 from dsv4.model.param_count import abstract_model
 from dsv4.parallel import plan as plan_lib
 from dsv4.parallel.mesh import MESH_AXES, abstract_mesh, parse_sizes
 from dsv4.parallel.rules import ShardingError, parse_rules, rules_from_config, rules_with
+from dsv4.training.distill_config import drafter_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "target config: path/to/file.py[:variant]")
 flags.mark_flag_as_required("config")
@@ -39,6 +44,8 @@ _SEQ = flags.DEFINE_integer("seq", 4096, "sequence length (serve: decode cache l
 _CHUNK = flags.DEFINE_integer("prefill_chunk", 512, "serve: tokens per sequence per prefill extend")
 _TAPS = flags.DEFINE_integer("taps", 5, "train_drafter: target layers tapped for the drafter (DSpark: 5)")
 _HEADROOM = flags.DEFINE_float("headroom", 0.1, "fraction of device memory kept free (XLA workspace, fragmentation)")
+_DRAFTER = flags.DEFINE_string("drafter", "", "train_drafter: the drafter config (configs/drafter/*.py:scale) whose "
+                               "parameters, optimizer state, batch and activations are added; its taps set --taps")
 _SEARCH = flags.DEFINE_boolean("search", False, "find the smallest power-of-two mesh that fits")
 _MAX_DEVICES = flags.DEFINE_integer("max_devices", 4096, "--search: largest mesh tried")
 
@@ -49,7 +56,8 @@ def gb(n: int) -> str:
 
 def table(p: dict) -> str:
   rows = [("parameters (incl. MTP)", p["params_bytes"] - p["frozen_bytes"]), ("frozen state", p["frozen_bytes"]),
-          ("optimizer state", p["optimizer_bytes"]), ("KV / decode cache", p["kv_bytes"]),
+          ("drafter parameters", p["drafter_params_bytes"]), ("optimizer state", p["optimizer_bytes"]),
+          ("batch", p["batch_bytes"]), ("KV / decode cache", p["kv_bytes"]),
           ("activations (estimate)", p["activation_bytes"]), ("total per device", p["bytes_per_device"])]
   mesh = " × ".join(f"{a}={p['mesh'][a]}" for a in MESH_AXES)
   lines = [f"job {p['job']}, batch {p['batch']}, seq {p['seq']}, mesh {mesh} ({p['n_devices']} devices)",
@@ -80,11 +88,19 @@ def main(argv):
     cfg = model_config(_CONFIG.value, where=f"{spec}: model")
     rules = rules_with(parse_rules(_RULES.value), base=rules_from_config(_CONFIG.value))
     sizes = parse_sizes(_MESH.value) if _MESH.value else dict(_CONFIG.value.get("mesh", None) or {})
+    drafter, taps = None, _TAPS.value
+    if _DRAFTER.value:
+      if _JOB.value != "train_drafter":
+        raise ConfigError(f"--drafter sizes a drafter in training: use it with --job train_drafter, not {_JOB.value}.")
+      dconfig = load_config(_DRAFTER.value)
+      dcfg = drafter_config(dconfig, where=f"{_DRAFTER.value}: drafter")
+      dcfg.check_against_target(cfg)
+      drafter, taps = (dcfg, dconfig.train, int(dconfig.data.max_blocks)), dcfg.num_taps
   except (ConfigError, OSError) as e:
     sys.exit(f"error: {e}")
   groups = plan_lib.param_groups(abstract_model(cfg))
   kw = dict(job=_JOB.value, device=_DEVICE.value, batch=_BATCH.value, seq=_SEQ.value, headroom=_HEADROOM.value,
-            prefill_chunk=_CHUNK.value, taps=_TAPS.value, groups=groups)
+            prefill_chunk=_CHUNK.value, taps=taps, groups=groups, drafter=drafter)
   if _SEARCH.value:
     result, tried = None, 0
     for sizes in candidates(_MAX_DEVICES.value):

@@ -23,6 +23,8 @@ from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "drafter config (configs/drafter/*.py[:scale])")
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard logs and provenance go here")
+_RESULTS = flags.DEFINE_string("results", None, "also write DIR/results.md: the held-out curve from the run's "
+                               "TensorBoard events and the final JSON")
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
 _NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
 _PID = flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
@@ -56,7 +58,25 @@ def main(argv):
   except (ConfigError, DataError, CheckpointError, TargetError, FeatureCacheError, TrainingError) as e:
     sys.exit(f"error: {e}")
   if distributed.is_main():
+    if _RESULTS.value:
+      _write_results(config, result)
     print(json.dumps(result))
+
+
+def _write_results(config, result):
+  from dsv4.training.distill_report import write_run_results
+  spec = flags.FLAGS["config"].serialize().partition("=")[2]
+  d, t = config.drafter, config.train
+  by = result["started_by"]
+  commit = f" at commit {by['commit'][:12]}{' (uncommitted changes)' if by['commit_dirty'] else ''}" \
+      if by.get("commit") else ""
+  intro = (f"Distillation of a {d.kind} drafter (`{spec}`) from the target at `{config.target.path}`, started by "
+           f"`{by['command']}`{commit}: "
+           f"{result['step']} steps of {t.batch_size} × {config.data.seq_len} tokens with {t.features} target "
+           f"features, {result['tokens_seen'] / 1e6:.2f}M tokens in {result['train_seconds'] / 60:.1f} min of step "
+           f"time. Held-out τ_prob (γ = {d.block_size}) went from {result['tau_prob_init']:.3f} at initialisation "
+           f"to {result['tau_prob']:.3f}. Rows are the held-out evaluations; α_k is slot k's expected acceptance.")
+  write_run_results(_RESULTS.value, _WORKDIR.value, result, intro)
 
 
 if __name__ == "__main__":

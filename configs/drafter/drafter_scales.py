@@ -34,8 +34,12 @@ _TRAIN = {
     "tiny": dict(steps=120, batch_size=8, checkpoint_every=40, eval_every=40, eval_batches=2, log_every=10, lr=3e-3),
     "small": dict(steps=400, batch_size=8, checkpoint_every=100, eval_every=100, eval_batches=4, log_every=10,
                   lr=1e-3),
-    "v4_flash": dict(steps=20000, batch_size=256, checkpoint_every=1000, eval_every=1000, eval_batches=16),
-    "v4_pro": dict(steps=20000, batch_size=256, checkpoint_every=1000, eval_every=1000, eval_batches=16),
+    # Expert meshes: tokens go to the devices holding their experts (the default path would run every expert
+    # on every device: experiments/aot_drafter_step).
+    "v4_flash": dict(steps=20000, batch_size=256, checkpoint_every=1000, eval_every=1000, eval_batches=16,
+                     moe_impl="expert_parallel"),
+    "v4_pro": dict(steps=20000, batch_size=256, checkpoint_every=1000, eval_every=1000, eval_batches=16,
+                   moe_impl="expert_parallel"),
 }
 _DATA = {
     "tiny": dict(corpus_dir="data/stdlib_corpus_v512", corpus_vocab_size=512, seq_len=256, num_anchors=8,

@@ -16,6 +16,10 @@ reads the data token x_{k−1}. Inference (`propose`) runs the backbone once —
 x_{k−1}, only the anchor — then walks the slots in order, because slot k's bias reads the token just drafted
 at slot k−1.
 
+With v4 layers, `train_logits_and_experts` also returns the expert ids each layer's MoE routed every slot to:
+the trainer counts them for the aux-loss-free routing-bias update (dsv4.training.distill). The ids are plain
+outputs, not sown state, so inference (`propose`, `jit_propose`) computes nothing more and keeps no state.
+
 The target's embedding and LM head come in as a `FrozenTarget` (stop-gradient arrays); the drafter owns
 neither. It owns and trains one mask embedding per mask slot (DeepSpec instead reuses a spare row of the
 frozen target embedding for every mask slot, which is then never learned; a V4 vocabulary need not have one).
@@ -104,6 +108,12 @@ class DSpark(nnx.Module):
     anchor_pos..anchor_pos+G−1 (default anchor_pos = ctx_len: the anchor shares its position with its own,
     invisible, context entry).
     """
+    return self._backbone(ctx_kv, frozen, anchor_ids_BA, ctx_len_BA, ctx_start_BA, anchor_pos_BA)[0]
+
+  def _backbone(self, ctx_kv: ContextKV, frozen: FrozenTarget, anchor_ids_BA, ctx_len_BA, ctx_start_BA,
+                anchor_pos_BA):
+    """(`hidden`, the expert ids every v4 layer's MoE routed each slot to: a tuple of [B, A, G, k] int32 aligned
+    with `routed_moes()`, empty for dense layers). Callers that drop the ids leave XLA nothing extra to run."""
     G = self.config.block_size
     ctx_len_BA = ctx_len_BA.astype(jnp.int32)
     ctx_start_BA = jnp.zeros_like(ctx_len_BA) if ctx_start_BA is None else ctx_start_BA.astype(jnp.int32)
@@ -115,11 +125,21 @@ class DSpark(nnx.Module):
     pos_BAG = anchor_pos_BA[..., None] + jnp.arange(G, dtype=jnp.int32)
     if self.hc_head is not None:  # v4 layers carry hc_mult residual streams [B, A, G, N, D]
       h = to_streams(h, self.config.hc_mult)
+    experts = []
     for n, layer in enumerate(self.layers):
-      h = layer(h, pos_BAG, ctx_kv.k_NBSJK[n], ctx_kv.v_NBSJK[n], ctx_start_BA, ctx_len_BA)
+      args = (pos_BAG, ctx_kv.k_NBSJK[n], ctx_kv.v_NBSJK[n], ctx_start_BA, ctx_len_BA)
+      if isinstance(layer, V4Layer):
+        h, experts_BAGK = layer.forward(h, *args)
+        experts.append(experts_BAGK)
+      else:
+        h = layer(h, *args)
     if self.hc_head is not None:
       h = from_streams(self.hc_head, h)
-    return self.norm(h)
+    return self.norm(h), tuple(experts)
+
+  def routed_moes(self) -> tuple:
+    """The MoE of every v4 layer, in layer order (learned routing, each with a balancing bias); () when dense."""
+    return tuple(layer.ffn for layer in self.layers if isinstance(layer, V4Layer))
 
   # --- training: many teacher-forced blocks ---------------------------------------------------------
   def block_logits(self, ctx_kv: ContextKV, frozen: FrozenTarget, prev_ids_BAG, ctx_len_BA, *, ctx_start_BA=None,
@@ -129,18 +149,22 @@ class DSpark(nnx.Module):
     prev_ids_BAG[..., k] is x_{k−1}, the token before slot k: [..., 0] is the anchor (also the block's first
     input), [..., k ≥ 1] feed only the sequential and confidence heads (see `teacher_forced_prev`).
     """
+    return self._block_outputs(ctx_kv, frozen, prev_ids_BAG, ctx_len_BA, ctx_start_BA, anchor_pos_BA)[:2]
+
+  def _block_outputs(self, ctx_kv: ContextKV, frozen: FrozenTarget, prev_ids_BAG, ctx_len_BA, ctx_start_BA,
+                     anchor_pos_BA):
+    """(logits, confidence logits, routed expert ids): `block_logits` plus `_backbone`'s ids."""
     G = self.config.block_size
     if prev_ids_BAG.shape[-1] != G:
       raise ValueError(f"prev_ids has {prev_ids_BAG.shape[-1]} slots but drafter.block_size is {G}.")
-    h = self.hidden(ctx_kv, frozen, prev_ids_BAG[..., 0], ctx_len_BA, ctx_start_BA=ctx_start_BA,
-                    anchor_pos_BA=anchor_pos_BA)
+    h, experts = self._backbone(ctx_kv, frozen, prev_ids_BAG[..., 0], ctx_len_BA, ctx_start_BA, anchor_pos_BA)
     logits = frozen.head(h)
     prev_embed = None
     if self.seq_head is not None:
       logits = logits + self.seq_head.block_bias(prev_ids_BAG, h)
       prev_embed = self.seq_head.prev_embed(prev_ids_BAG)
     conf = self.conf_head(h, prev_embed) if self.conf_head is not None else None
-    return logits, conf
+    return logits, conf, experts
 
   __call__ = block_logits
 
@@ -149,9 +173,15 @@ class DSpark(nnx.Module):
   def train_logits(self, feats: TargetFeatures, blocks: Blocks, frozen: FrozenTarget):
     """The training interface of every drafter (dsv4.drafters.features): context K/V from the row's taps at
     their document positions, then every block teacher-forced, seeing [ctx_start, anchor) of its row."""
+    return self.train_logits_and_experts(feats, blocks, frozen)[:2]
+
+  def train_logits_and_experts(self, feats: TargetFeatures, blocks: Blocks, frozen: FrozenTarget):
+    """(`train_logits`'s logits and confidence, the expert ids each of `routed_moes()` picked for every slot of
+    every block, a tuple of [B, A, G, k] int32): what the trainer's routing-bias update counts
+    (dsv4.training.distill). Padding blocks are routed too; the trainer leaves them out of the count."""
     ctx_kv = self.context_kv(feats.taps_BTLD, feats.positions_BT)
-    return self.block_logits(ctx_kv, frozen, blocks.prev_BAG, blocks.anchor_BA, ctx_start_BA=blocks.ctx_start_BA,
-                             anchor_pos_BA=blocks.anchor_pos_BA)
+    return self._block_outputs(ctx_kv, frozen, blocks.prev_BAG, blocks.anchor_BA, blocks.ctx_start_BA,
+                               blocks.anchor_pos_BA)
 
   # --- inference: one block per sequence, slot by slot ----------------------------------------------
   def propose(self, ctx_kv: ContextKV, frozen: FrozenTarget, anchor_B, ctx_len_B, *, anchor_pos_B=None,

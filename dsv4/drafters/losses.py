@@ -67,24 +67,37 @@ def bce_with_logits(logits, targets):
   return jnp.maximum(logits, 0.0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
-def dspark_losses(logits_XGV, target_logits_XGV, labels_XG, valid_XG, conf_logits_XG=None, *, alpha_ce=0.1,
-                  alpha_tv=0.9, alpha_conf=1.0, alpha_soft_ce=0.0, decay=4.0) -> dict:
-  """{'loss', 'ce', 'l1', 'conf', 'soft_ce', 'weight_sum'} (scalars, float32); see the module docstring."""
+def slot_terms(logits_XGV, target_logits_XGV, labels_XG, valid_XG) -> dict:
+  """Per-slot {'ce', 'l1', 'soft_ce'}, each [..., G] float32 (the module docstring's CE, L1 and Soft): computed
+  once for the loss and the acceptance/calibration metrics alike."""
+  logp_d, p_t = draft_target_probs(logits_XGV, target_logits_XGV, valid_XG)
+  return {"ce": -jnp.take_along_axis(logp_d, labels_XG[..., None].astype(jnp.int32), axis=-1)[..., 0],
+          "l1": jnp.sum(jnp.abs(jnp.exp(logp_d) - p_t), axis=-1),
+          "soft_ce": -jnp.sum(p_t * logp_d, axis=-1)}
+
+
+def losses_from_terms(terms: dict, valid_XG, conf_logits_XG=None, *, alpha_ce=0.1, alpha_tv=0.9, alpha_conf=1.0,
+                      alpha_soft_ce=0.0, decay=4.0) -> dict:
+  """{'loss', 'ce', 'l1', 'conf', 'soft_ce', 'weight_sum'} (scalars, float32) from `slot_terms`."""
   if alpha_conf > 0 and conf_logits_XG is None:
     raise ValueError("dspark_losses: alpha_conf > 0 needs confidence logits (the drafter has no confidence head?).")
   w = position_weights(valid_XG, decay)
-  logp_d, p_t = draft_target_probs(logits_XGV, target_logits_XGV, valid_XG)
-  l1 = jnp.sum(jnp.abs(jnp.exp(logp_d) - p_t), axis=-1)
-  ce = -jnp.take_along_axis(logp_d, labels_XG[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  soft_ce = -jnp.sum(p_t * logp_d, axis=-1)
-  out = {"ce": _weighted_mean(ce, w), "l1": _weighted_mean(l1, w), "conf": jnp.zeros((), f32),
-         "soft_ce": _weighted_mean(soft_ce, w), "weight_sum": jnp.sum(w)}
+  out = {k: _weighted_mean(terms[k], w) for k in ("ce", "l1", "soft_ce")}
+  out.update(conf=jnp.zeros((), f32), weight_sum=jnp.sum(w))
   if conf_logits_XG is not None:
-    target = jax.lax.stop_gradient(jnp.clip(1.0 - 0.5 * l1, 0.0, 1.0))
+    target = jax.lax.stop_gradient(jnp.clip(1.0 - 0.5 * terms["l1"], 0.0, 1.0))
     out["conf"] = _weighted_mean(bce_with_logits(conf_logits_XG.astype(f32), target), w)
   out["loss"] = (alpha_ce * out["ce"] + alpha_tv * out["l1"] + alpha_conf * out["conf"]
                  + alpha_soft_ce * out["soft_ce"])
   return out
+
+
+def dspark_losses(logits_XGV, target_logits_XGV, labels_XG, valid_XG, conf_logits_XG=None, *, alpha_ce=0.1,
+                  alpha_tv=0.9, alpha_conf=1.0, alpha_soft_ce=0.0, decay=4.0) -> dict:
+  """{'loss', 'ce', 'l1', 'conf', 'soft_ce', 'weight_sum'} (scalars, float32); see the module docstring."""
+  return losses_from_terms(slot_terms(logits_XGV, target_logits_XGV, labels_XG, valid_XG), valid_XG, conf_logits_XG,
+                           alpha_ce=alpha_ce, alpha_tv=alpha_tv, alpha_conf=alpha_conf, alpha_soft_ce=alpha_soft_ce,
+                           decay=decay)
 
 
 # --- metrics ------------------------------------------------------------------------------------------
@@ -93,10 +106,15 @@ def expected_acceptance(logits_XGV, target_logits_XGV, valid_XG):
 
   A slot no block supervises gets α_k = 0 (it ends τ_prob's product there)."""
   _, l1 = draft_target_l1(logits_XGV, target_logits_XGV, valid_XG)
+  return acceptance_from_l1(l1, valid_XG)
+
+
+def acceptance_from_l1(l1_XG, valid_XG):
+  """`expected_acceptance` from the per-slot ‖p_d − p_t‖₁ (`slot_terms(...)['l1']`)."""
   m = supervised_mask(valid_XG)
   G = valid_XG.shape[-1]
   count_G = m.reshape(-1, G).sum(0)
-  accept_G = jnp.where(m > 0, 1.0 - 0.5 * l1, 0.0).reshape(-1, G).sum(0)
+  accept_G = jnp.where(m > 0, 1.0 - 0.5 * l1_XG, 0.0).reshape(-1, G).sum(0)
   return jnp.where(count_G > 0, accept_G / jnp.maximum(count_G, 1.0), 0.0), count_G
 
 

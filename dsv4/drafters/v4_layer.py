@@ -13,7 +13,9 @@ as the target does). One layer, with `HyperConnection` and `MoE` reused from dsv
 The MoE has the drafter's own expert count and width (n_routed_experts, num_experts_per_tok,
 moe_intermediate_size, n_shared_experts, swiglu_limit) and the target's routing conventions (scoring_func,
 routed_scaling_factor, moe_impl); routing is learned (no hash layers: mask slots have no token id), its
-balancing bias is FrozenState as in the target. The mHC constants (Sinkhorn iterations, eps) are the target's.
+balancing bias is FrozenState as in the target, moved after each training step by the aux-loss-free update from
+the expert ids `forward` returns (dsv4.training.distill, as pretraining moves the target's). The mHC constants
+(Sinkhorn iterations, eps) are the target's.
 
 attn is DenseLayer's GQA: q = rope(q_norm(Wq x)); keys/values are [context ; own block] with
   K_ctx = rope(k_norm(Wk ctx)), V_ctx = Wv ctx      ctx [B, S, D] = DSpark.context_features, shared by all layers,

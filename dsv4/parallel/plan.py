@@ -16,14 +16,17 @@ Parameters and the decode cache are sized through the real rules: each array's s
              + N·k·(2·D + 3·I/t_m)·a                            routed assignments: inputs, gate/up/h, outputs
              + N·(V/t_v)·4                                      fp32 logits of the head
              + N·taps·D·a                                       (train_drafter) target taps kept for the drafter
+             + (gathered − local) bytes of the largest layer    FSDP: the layer's weights with the fsdp split undone,
+                                                                gathered for its matmuls (`fsdp_gather_bytes`)
 One layer is live at a time (nothing is differentiated through the frozen target, so nothing is stored per
 layer); the terms are summed although they do not all coexist. Checked against XLA's compiled memory_analysis
 (temp + output) of the train_drafter forward of base.py cut to 4 layers: estimate/measured = 1.06 at seq 1024 and
 1.09 at 2048. Deep models measure higher on XLA:CPU (its scheduler keeps about two residual-stream buffers per
 layer alive: base.py's 16 layers at seq 1024 measure 1.35 GB against 0.91 GB estimated).
 
-Optimizer state: serve has none; train_drafter freezes the target (none for it) and the drafter does not exist
-yet, so it counts 0 bytes (stated in the plan's notes).
+Optimizer state: serve has none; train_drafter freezes the target (none for it). Given a drafter config,
+train_drafter adds the drafter's parameters, optimizer state, batch and activations (dsv4.parallel.plan_drafter);
+without one it counts the target alone (stated in the plan's notes).
 """
 
 from __future__ import annotations
@@ -97,6 +100,31 @@ def cache_per_device(cfg: ModelConfig, batch: int, max_len: int, mesh, rules) ->
   return total
 
 
+def fsdp_gather_bytes(layer_state, mesh, rules) -> tuple[int, int]:
+  """(local, gathered) bytes per device of a layer's variables: as sharded, and with their fsdp split undone
+  (expert and tensor splits kept) — what an FSDP matmul gathers."""
+  fsdp = dict(mesh.shape).get("fsdp", 1)
+  local = gathered = 0
+  for path, var in nnx.to_flat_state(layer_state):
+    value = var.get_value()
+    sharding = variable_sharding(path, var, mesh, rules)
+    n = shard_bytes(value.shape, value.dtype, sharding)
+    local += n
+    split = any("fsdp" in ((e,) if isinstance(e, str) else e or ()) for e in sharding.spec)
+    gathered += n * fsdp if split else n
+  return local, gathered
+
+
+@functools.lru_cache(maxsize=4)
+def largest_layer(cfg: ModelConfig):
+  """The abstract state of the target's decoder layer with the most parameter bytes (MoE layers differ only in
+  routing, so this is any routed layer)."""
+  layers = nnx.state(abstract_model(cfg)).layers
+  size = lambda st: sum(math.prod(v.get_value().shape) * v.get_value().dtype.itemsize
+                        for _, v in nnx.to_flat_state(st))
+  return max((layers[i] for i in range(cfg.num_hidden_layers)), key=size)
+
+
 def axes_size(logical: str, rules, mesh) -> int:
   """How many ways the rules split a `logical` dimension on this mesh."""
   entry = logical_to_spec((logical,), rules)[0]
@@ -127,14 +155,16 @@ def activations_per_device(cfg: ModelConfig, job: str, batch: int, seq: int, mes
            + N * (cfg.vocab_size // t_v) * 4)
   if job == "train_drafter":
     total += N * taps * D * a
-  return total
+  local, gathered = fsdp_gather_bytes(largest_layer(cfg), mesh, rules)
+  return total + gathered - local
 
 
 def plan(cfg: ModelConfig, mesh, rules, *, job: str, device: str, batch: int, seq: int, headroom: float = 0.1,
-         prefill_chunk: int = 512, taps: int = 5, groups=None) -> dict:
+         prefill_chunk: int = 512, taps: int = 5, groups=None, drafter=None) -> dict:
   """Per-device bytes by kind and whether they fit `device` with `headroom` of its memory kept free.
 
   `groups`: `param_groups(abstract_model(cfg))`, passed in when planning many meshes of one model.
+  `drafter`: (DrafterConfig, config.train, max_blocks) of the drafter a train_drafter job trains.
   """
   if job not in JOBS:
     raise ValueError(f"job must be one of {JOBS}, got {job!r}")
@@ -143,15 +173,27 @@ def plan(cfg: ModelConfig, mesh, rules, *, job: str, device: str, batch: int, se
   p = params_per_device(param_groups(abstract_model(cfg)) if groups is None else groups, mesh, rules)
   kv = cache_per_device(cfg, batch, seq, mesh, rules) if job == "serve" else 0
   act = activations_per_device(cfg, job, batch, seq, mesh, rules, prefill_chunk, taps)
-  total = p["params"] + p["frozen"] + kv + act
+  d = {"params": 0, "rest": 0, "optimizer": 0, "batch": 0, "activations": 0}
+  if job == "train_drafter" and drafter is not None:
+    from dsv4.parallel.plan_drafter import drafter_plan
+    dcfg, train, max_blocks = drafter
+    d = drafter_plan(dcfg, cfg, train, mesh, rules, batch=batch, seq=seq, max_blocks=max_blocks)
+  total = p["params"] + p["frozen"] + kv + act + sum(d.values())
   name, capacity = DEVICES[device]
-  notes = ["optimizer_bytes = 0: " + ("serving keeps no optimizer state" if job == "serve" else
-           "the target is frozen (no optimizer state) and no drafter exists yet (placeholder drafter = 0 bytes)"),
-           "activation_bytes is an estimate (formula in dsv4/parallel/plan.py)"]
+  if job == "serve":
+    notes = ["optimizer_bytes = 0: serving keeps no optimizer state"]
+  elif drafter is None:
+    notes = ["the target alone: no drafter config given (its parameters, optimizer state and activations are 0)"]
+  else:
+    notes = [f"drafter {drafter[0].kind}: parameters, optimizer state and batch exact; its activations an estimate "
+             "(formula in dsv4/parallel/plan_drafter.py)"]
+  notes.append("target activation_bytes is an estimate (formula in dsv4/parallel/plan.py)")
   return {
       "bytes_per_device": int(total), "fits": bool(total <= capacity * (1 - headroom)),
-      "params_bytes": int(p["params"] + p["frozen"]), "frozen_bytes": int(p["frozen"]), "optimizer_bytes": 0,
-      "kv_bytes": int(kv), "activation_bytes": int(act), "largest_param": p["largest"][0],
+      "params_bytes": int(p["params"] + p["frozen"]), "frozen_bytes": int(p["frozen"]),
+      "drafter_params_bytes": int(d["params"] + d["rest"]), "optimizer_bytes": int(d["optimizer"]),
+      "batch_bytes": int(d["batch"]), "drafter_activation_bytes": int(d["activations"]),
+      "kv_bytes": int(kv), "activation_bytes": int(act + d["activations"]), "largest_param": p["largest"][0],
       "largest_param_bytes": int(p["largest"][1]), "device": name, "capacity_bytes": int(capacity),
       "usable_bytes": int(capacity * (1 - headroom)), "mesh": dict(mesh.shape), "n_devices": int(mesh.size),
       "job": job, "batch": batch, "seq": seq, "notes": notes,

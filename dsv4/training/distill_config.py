@@ -47,6 +47,9 @@ def distill_train_section(**overrides) -> ml_collections.ConfigDict:
       "b2": 0.95,
       "weight_decay": 0.0,
       "clip_norm": 1.0,
+      "expert_bias_rate": 1e-3,    # aux-loss-free routing-bias step of v4 drafter layers (as pretraining's)
+      "moe_impl": "",              # "" = the target's; "expert_parallel" on meshes with expert > 1 (tokens go to
+                                   # the devices holding their experts instead of every device running all of them)
       "features": "online",        # online: target forward inside the step | offline: the feature cache
       "cache_dir": "",             # offline cache ("" = WORKDIR/features)
       "cache_batches": 0,          # train batches cached (0 = steps, so no batch repeats)

@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 from dsv4.data.anchors import batch_anchors
 from dsv4.drafters.build import build_drafter
 from dsv4.model.config import ConfigError
+from dsv4.model.moe import EXPERT_IMPLS
 from dsv4.parallel.config import mesh_from_config, rules_from_config
 from dsv4.parallel.distributed import is_main
 from dsv4.training import data_setup, distill, feature_cache, train_state
@@ -53,6 +54,11 @@ def check_config(config) -> None:
                "eval_batches"):
     if int(t[name]) < 1:
       raise ConfigError(f"config.train.{name}: must be ≥ 1 (got {t[name]}).")
+  if not float(t.expert_bias_rate) >= 0:
+    raise ConfigError(f"config.train.expert_bias_rate: must be ≥ 0 (the routing-bias step; 0 freezes the biases), "
+                      f"got {t.expert_bias_rate}.")
+  if t.moe_impl and t.moe_impl not in EXPERT_IMPLS:
+    raise ConfigError(f"config.train.moe_impl: {t.moe_impl!r} is not one of {EXPERT_IMPLS} ('' keeps the target's).")
   if t.features not in FEATURE_MODES:
     raise ConfigError(f"config.train.features: must be one of {FEATURE_MODES}, got {t.features!r}.")
   for name in ("num_anchors", "max_blocks"):
@@ -155,7 +161,9 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   target_arrays = {"params": jax.device_put(tparams, t_sh["params"]), "frozen": jax.device_put(tfrozen, t_sh["frozen"])}
 
   # --- the drafter -----------------------------------------------------------------------------------
-  drafter = build_drafter(dcfg, target_cfg, seed=t.seed, target=target, mesh=mesh, rules=rules)
+  moe_impl = t.moe_impl or None
+  drafter = build_drafter(dcfg, distill.drafter_target_config(target_cfg, moe_impl), seed=t.seed, target=target,
+                          mesh=mesh, rules=rules)
   del target
   feature_names = tuple(drafter.feature_names)
   graphdef, params, rest = nnx.split(drafter, nnx.Param, ...)
@@ -172,9 +180,9 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
            "opt": jax.jit(optimizer.init, out_shardings=shardings["opt"])(params),
            "step": jax.device_put(jnp.zeros((), jnp.int32), shardings["step"])}
 
-  loss_fn = distill.make_loss_fn(graphdef, dcfg, feature_names, tgd, target_cfg, t.features)
+  loss_fn = distill.make_loss_fn(graphdef, dcfg, feature_names, tgd, target_cfg, t.features, moe_impl)
   features_fn = jax.jit(lambda target, rows: distill.feature_arrays(tgd, target, rows, dcfg.target_layer_ids,
-                                                                      feature_names))
+                                                                      feature_names, moe_impl))
   data = Data(config, splits, target_cfg, feature_names,
               lambda rows: features_fn(target_arrays, {k: jnp.asarray(v) for k, v in rows.items()}), workdir)
   bpt = feature_cache.bytes_per_token(target_cfg.hidden_size, dcfg.num_taps, feature_names, t.cache_dtype,
@@ -200,7 +208,8 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
            **({k: distill.FEATURE_FIELDS[k] for k in data.cache.arrays if k in distill.FEATURE_FIELDS}
               if data.cache is not None else {})}
   batch_sh = distill.batch_sharding(mesh, rules, ranks)
-  train_step = distill.make_train_step(loss_fn, optimizer, schedule, shardings, t_sh, batch_sh)
+  train_step = distill.make_train_step(loss_fn, optimizer, schedule, shardings, t_sh, batch_sh,
+                                       expert_bias_rate=float(t.expert_bias_rate))
   eval_step = distill.make_eval_step(loss_fn, (shardings["params"], shardings["rest"]), t_sh, batch_sh)
 
   writer = ScalarWriter(workdir / "tensorboard")
@@ -266,4 +275,5 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
           "tau_prob": last["tau_prob"], "tau_prob_init": meta["tau_prob_init"],
           "checkpoint": str(ckpt.directory / str(final)) if final is not None else None,
           "features": t.features, "bytes_per_token": bpt[t.features], "tokens_seen": tokens_seen,
-          "train_seconds": seconds, "tokens_per_s": tokens_seen / max(seconds, 1e-9)}
+          "train_seconds": seconds, "tokens_per_s": tokens_seen / max(seconds, 1e-9),
+          "started_by": {k: meta.get(k) for k in ("command", "commit", "commit_dirty")}}

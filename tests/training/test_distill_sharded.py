@@ -47,13 +47,18 @@ def target_parts():
   return tgd, {"params": params, "frozen": frozen}
 
 
-def run(mesh_sizes) -> tuple[list, dict]:
+V4_DRAFTER = DRAFTER.replace(layer_type="v4", n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
+                             hc_mult=2, sliding_window=6)
+
+
+def run(mesh_sizes, drafter_cfg=DRAFTER, moe_impl=None) -> tuple[list, dict]:
   mesh = make_mesh(mesh_sizes, jax.devices()[:int(np.prod(list(mesh_sizes.values())))])
   tgd, target = target_parts()
   model = nnx.merge(tgd, target["params"], target["frozen"])
   t_sh = dict(zip(("params", "frozen"), train_state.model_shardings(model, mesh, DEFAULT_RULES), strict=True))
   target = {k: jax.device_put(target[k], t_sh[k]) for k in t_sh}
-  drafter = build_drafter(DRAFTER, TARGET, seed=1, mesh=mesh, rules=DEFAULT_RULES)
+  drafter = build_drafter(drafter_cfg, distill.drafter_target_config(TARGET, moe_impl), seed=1, mesh=mesh,
+                          rules=DEFAULT_RULES)
   graphdef, params, rest = nnx.split(drafter, nnx.Param, ...)
   params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
   optimizer = optax.sgd(LR, momentum=0.9)
@@ -65,14 +70,14 @@ def run(mesh_sizes) -> tuple[list, dict]:
            "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
   b = batch()
   batch_sh = distill.batch_sharding(mesh, DEFAULT_RULES, {k: 2 for k in b})
-  loss_fn = distill.make_loss_fn(graphdef, DRAFTER, ("taps",), tgd, TARGET, "online")
+  loss_fn = distill.make_loss_fn(graphdef, drafter_cfg, ("taps",), tgd, TARGET, "online", moe_impl)
   step = distill.make_train_step(loss_fn, optimizer, lambda s: LR, shardings, t_sh, batch_sh)
   sums = []
   with jax.set_mesh(mesh):
     for _ in range(STEPS):
       state, s = step(state, target, {k: jax.device_put(v, batch_sh[k]) for k, v in b.items()})
       sums.append(jax.device_get(s))
-  return sums, jax.device_get(state["params"])
+  return sums, jax.device_get(state["params"]), jax.device_get(state["rest"])
 
 
 @functools.cache
@@ -83,8 +88,8 @@ def reference():
 @pytest.mark.slow  # three 8-device compilations of the step
 @pytest.mark.parametrize("mesh_sizes", MESHES, ids=lambda m: "x".join(f"{k}{v}" for k, v in m.items()))
 def test_sharded_drafter_step_equals_single_device(mesh_sizes):
-  ref_sums, ref_params = reference()
-  sums, params = run(mesh_sizes)
+  ref_sums, ref_params, _ = reference()
+  sums, params, _ = run(mesh_sizes)
   assert ref_sums[0]["weight"] > 0
   for got, want in zip(sums, ref_sums, strict=True):
     for k in ("loss", "ce", "l1", "conf", "weight", "grad_norm", "accept_sum", "accept_count"):
@@ -97,6 +102,23 @@ def test_sharded_drafter_step_equals_single_device(mesh_sizes):
     assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want)) + 1e-7 * scale, jax.tree_util.keystr(path)
   moved = max(float(np.max(np.abs(b[p] - v))) for p, v in flat(jax.device_get(drafter_init())).items())
   assert moved > 1e-3  # the steps changed the parameters well above the tolerance
+
+
+@pytest.mark.slow  # two compilations of a v4-drafter step
+def test_expert_parallel_target_and_v4_drafter_equal_one_device():
+  """train.moe_impl = "expert_parallel" on expert=8 (the target's and the v4 drafter's tokens go to the devices
+  holding their experts) gives the single-device step's losses, parameters and routing biases."""
+  ref_sums, ref_params, ref_rest = run({"data": 1}, V4_DRAFTER)
+  sums, params, rest = run({"expert": 8}, V4_DRAFTER, "expert_parallel")
+  for got, want in zip(sums, ref_sums, strict=True):
+    for k in ("loss", "ce", "l1", "conf", "grad_norm", "accept_sum", "expert_load_entropy_sum"):
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-7 * np.max(np.abs(want[k])), err_msg=k)
+  for tree, ref in ((params, ref_params), (rest, ref_rest)):
+    flat = dict(jax.tree_util.tree_flatten_with_path(ref)[0])
+    scale = max(float(np.max(np.abs(v))) for v in flat.values())
+    for path, got in jax.tree_util.tree_flatten_with_path(tree)[0]:
+      want = flat[path]
+      assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want)) + 1e-7 * scale, jax.tree_util.keystr(path)
 
 
 @functools.cache
