@@ -43,6 +43,7 @@ from dsv4.model.config import ModelConfig
 from dsv4.model.layers import DTYPES
 from dsv4.parallel.rules import checked_spec, shard_bytes, state_shardings, variable_sharding
 from dsv4.training.optimizer import make_optimizer
+from dsv4.training.train_state import optimizer_shardings
 
 ROW_ARRAYS, ANCHOR_ARRAYS = 4, 2  # tokens, segment ids, positions, target mask; anchor, keep
 
@@ -63,16 +64,11 @@ def state_per_device(dcfg: DrafterConfig, target_cfg: ModelConfig, train, mesh, 
   """{'params', 'rest', 'optimizer'} bytes per device of the drafter's training state."""
   params, rest = _abstract_split(dcfg, target_cfg)
   abstract = nnx.to_pure_dict(params)
-  opt = jax.eval_shape(make_optimizer(train).init, abstract)
-  params_def = jax.tree.structure(abstract)
-  p_sh = nnx.to_pure_dict(state_shardings(params, mesh, rules))
-  opt_bytes = 0
-  for sub in jax.tree.leaves(opt, is_leaf=lambda x: jax.tree.structure(x) == params_def):
-    if jax.tree.structure(sub) == params_def:  # a params-shaped subtree (moments): sharded like the params
-      opt_bytes += sum(shard_bytes(x.shape, x.dtype, s) for x, s in
-                       zip(jax.tree.leaves(sub), jax.tree.leaves(p_sh), strict=True))
-    else:
-      opt_bytes += sub.size * sub.dtype.itemsize  # counts, scalars: replicated
+  optimizer = make_optimizer(train)
+  opt = jax.eval_shape(optimizer.init, abstract)
+  opt_sh = optimizer_shardings(optimizer, abstract, nnx.to_pure_dict(state_shardings(params, mesh, rules)), mesh)
+  opt_bytes = sum(shard_bytes(x.shape, x.dtype, s)
+                  for x, s in zip(jax.tree.leaves(opt), jax.tree.leaves(opt_sh), strict=True))
   return {"params": _variables_bytes(params, mesh, rules), "rest": _variables_bytes(rest, mesh, rules),
           "optimizer": int(opt_bytes)}
 
