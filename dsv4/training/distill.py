@@ -34,7 +34,7 @@ from dsv4.drafters.context import FrozenTarget
 from dsv4.drafters.features import TargetFeatures, gather_slots, make_blocks
 from dsv4.model.layers import DTYPES
 from dsv4.parallel.rules import logical_to_spec
-from dsv4.training import expert_balance
+from dsv4.training import expert_balance, train_state
 
 ROW_FIELDS = ("tokens", "segment_ids", "positions", "target_mask")
 BLOCK_FIELDS = ("anchor", "keep")
@@ -205,6 +205,14 @@ def pool(sums_list) -> dict:
     out["expert_load_entropy"] = float(total["expert_load_entropy_sum"]) / max(float(total["expert_load_batches"]),
                                                                                1.0)
   return out
+
+
+def state_shardings(params_sh, rest_sh, optimizer, params_abstract, mesh) -> dict:
+  """Shardings of the train step's state {"params", "rest", "opt", "step"}: the optimizer's params-shaped
+  subtrees like the params, its scalars and the step replicated."""
+  return {"params": params_sh, "rest": rest_sh,
+          "opt": train_state.optimizer_shardings(optimizer, params_abstract, params_sh, mesh),
+          "step": NamedSharding(mesh, P())}
 
 
 def batch_sharding(mesh, rules, ranks: dict) -> dict:

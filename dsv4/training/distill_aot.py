@@ -15,8 +15,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from dsv4.drafters.build import abstract_drafter
 from dsv4.drafters.config import DrafterConfig
@@ -70,9 +68,7 @@ def lower_train_step(dcfg: DrafterConfig, target_cfg: ModelConfig, train, mesh, 
   p_sh, r_sh = (nnx.to_pure_dict(state_shardings(s, mesh, rules)) for s in (params, rest))
   params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
   optimizer, schedule = make_optimizer(train), learning_rate(train)
-  replicated = NamedSharding(mesh, P())
-  shardings = {"params": p_sh, "rest": r_sh,
-               "opt": train_state.optimizer_shardings(optimizer, params, p_sh, mesh), "step": replicated}
+  shardings = distill.state_shardings(p_sh, r_sh, optimizer, params, mesh)
   state = {"params": params, "rest": rest, "opt": jax.eval_shape(optimizer.init, params),
            "step": jax.ShapeDtypeStruct((), jnp.int32)}
   cached = cache_features(dcfg, target_cfg, names, train.cache_dtype) if features == "offline" else {}

@@ -170,12 +170,10 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   del drafter
   params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
   optimizer, schedule = make_optimizer(t), learning_rate(t)
-  p_sh = jax.tree.map(lambda x: x.sharding, params)  # born in the rules' shardings (build_drafter)
-  r_sh = jax.tree.map(lambda x: x.sharding, rest)
   params_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  shardings = {"params": p_sh, "rest": r_sh,
-               "opt": train_state.optimizer_shardings(optimizer, params_abstract, p_sh, mesh),
-               "step": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
+  shardings = distill.state_shardings(  # born in the rules' shardings (build_drafter)
+      jax.tree.map(lambda x: x.sharding, params), jax.tree.map(lambda x: x.sharding, rest), optimizer,
+      params_abstract, mesh)
   state = {"params": params, "rest": rest,
            "opt": jax.jit(optimizer.init, out_shardings=shardings["opt"])(params),
            "step": jax.device_put(jnp.zeros((), jnp.int32), shardings["step"])}
