@@ -1,6 +1,7 @@
 """dsv4: DSpark speculative-decoding drafters for DeepSeek-V4-style MoE targets, in JAX/Flax NNX."""
 
-from dsv4.model import ConfigError, ModelConfig, TargetOutput, Transformer
+from dsv4.errors import CheckpointError, ConfigError, DataError, Dsv4Error, TargetError, TrainingError
+from dsv4.model import ModelConfig, TargetOutput, Transformer
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,5 @@ def load_drafter(path, target=None):
   return _load(path, target)
 
 
-__all__ = ["ConfigError", "ModelConfig", "TargetOutput", "Transformer", "from_pretrained", "generate", "load_drafter"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "Dsv4Error", "TargetError", "TrainingError", "ModelConfig",
+           "TargetOutput", "Transformer", "from_pretrained", "generate", "load_drafter"]

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dsv4.data.corpus import DEFAULT_CORPUS_DIR, SPLITS, build_corpus  # noqa: E402
-from dsv4.data.errors import DataError  # noqa: E402
+from dsv4.errors import Dsv4Error  # noqa: E402
 
 
 def main(argv=None):
@@ -32,7 +32,7 @@ def main(argv=None):
   try:
     m = build_corpus(args.out, vocab_size=args.vocab_size, max_files=args.max_files, overwrite=args.overwrite,
                      progress=True, log=lambda msg: print(msg, file=sys.stderr))
-  except DataError as e:
+  except Dsv4Error as e:
     sys.exit(f"error: {e}")
   print(json.dumps({"out": str(args.out), "files": {s: m["splits"][s]["files"] for s in SPLITS},
                     "bytes": {s: m["splits"][s]["bytes"] for s in SPLITS}, "vocab_size": m["tokenizer"]["vocab_size"],

@@ -37,11 +37,10 @@ def main(argv):
   from flax import nnx
 
   from dsv4.configs import model_config
-  from dsv4.data.errors import DataError
+  from dsv4.errors import Dsv4Error
   from dsv4.io.hf import save_pretrained
   from dsv4.model.layers import FrozenState
   from dsv4.training import data_setup, target_export
-  from dsv4.training.checkpointing import CheckpointError
 
   out = os.path.abspath(_OUT.value)
   if os.path.exists(out) and not _OVERWRITE.value:
@@ -50,7 +49,7 @@ def main(argv):
     step_dir = target_export.latest_checkpoint(_WORKDIR.value)
     model, config, meta = target_export.restore_model(step_dir)
     splits = data_setup.load_splits(config.data, model_config(config))
-  except (CheckpointError, DataError, OSError) as e:
+  except (Dsv4Error, OSError) as e:
     sys.exit(f"error: {e}")
   dtype = jnp.dtype(_DTYPE.value)
   val_checkpoint = target_export.validation_loss(model, config, splits)

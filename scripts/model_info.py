@@ -13,7 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dsv4.configs import model_config
-from dsv4.model.config import ConfigError
+from dsv4.errors import Dsv4Error
 from dsv4.model.param_count import count_params, summary
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "target config: path/to/file.py[:variant]")
@@ -26,7 +26,7 @@ def main(argv):
   spec = flags.FLAGS["config"].serialize().partition("=")[2]  # file.py[:variant] as given
   try:
     config = model_config(_CONFIG.value, where=f"{spec}: model")
-  except (ConfigError, OSError) as e:  # OSError: config_flags could not load the file
+  except (Dsv4Error, OSError) as e:  # OSError: config_flags could not load the file
     sys.exit(f"error: {e}")
   counts = count_params(config)
   print(summary(counts, config))

@@ -23,11 +23,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dsv4.configs import load_config, model_config
-from dsv4.model.config import ConfigError
+from dsv4.errors import ConfigError, Dsv4Error, ShardingError
 from dsv4.model.param_count import abstract_model
 from dsv4.parallel import plan as plan_lib
 from dsv4.parallel.mesh import MESH_AXES, abstract_mesh, parse_sizes
-from dsv4.parallel.rules import ShardingError, parse_rules, rules_from_config, rules_with
+from dsv4.parallel.rules import parse_rules, rules_from_config, rules_with
 from dsv4.training.distill_config import drafter_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "target config: path/to/file.py[:variant]")
@@ -96,7 +96,7 @@ def main(argv):
       dcfg = drafter_config(dconfig, where=f"{_DRAFTER.value}: drafter")
       dcfg.check_against_target(cfg)
       drafter, taps = (dcfg, dconfig.train, int(dconfig.data.max_blocks)), dcfg.num_taps
-  except (ConfigError, OSError) as e:
+  except (Dsv4Error, OSError) as e:
     sys.exit(f"error: {e}")
   groups = plan_lib.param_groups(abstract_model(cfg))
   kw = dict(job=_JOB.value, device=_DEVICE.value, batch=_BATCH.value, seq=_SEQ.value, headroom=_HEADROOM.value,
@@ -123,7 +123,7 @@ def main(argv):
       print(f"note: no --n_devices; a -1 (fill) axis takes size 1, planning {n_devices} device(s)")
     try:
       result = plan_lib.plan(cfg, abstract_mesh(sizes, n_devices), rules, **kw)
-    except (ConfigError, ShardingError) as e:  # MeshError is a ConfigError
+    except Dsv4Error as e:
       sys.exit(f"error: {e}")
   print(f"config {spec}")
   print(table(result))

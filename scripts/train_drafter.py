@@ -41,13 +41,8 @@ def main(argv):
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  from dsv4.data.errors import DataError
-  from dsv4.io.safetensors_dir import CheckpointError as TargetError
-  from dsv4.model.config import ConfigError
+  from dsv4.errors import Dsv4Error
   from dsv4.training import distill_loop
-  from dsv4.training.checkpointing import CheckpointError
-  from dsv4.training.feature_cache import FeatureCacheError
-  from dsv4.training.pretrain_loop import TrainingError
   config = _CONFIG.value
   for section in ("drafter", "target", "train", "data"):
     if section not in config:
@@ -55,7 +50,7 @@ def main(argv):
                "drafter, target, train and data.")
   try:
     result = distill_loop.run(config, _WORKDIR.value, provenance=provenance())
-  except (ConfigError, DataError, CheckpointError, TargetError, FeatureCacheError, TrainingError) as e:
+  except Dsv4Error as e:
     sys.exit(f"error: {e}")
   if distributed.is_main():
     if _RESULTS.value:

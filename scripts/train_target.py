@@ -35,10 +35,8 @@ def main(argv):
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  from dsv4.data.errors import DataError
-  from dsv4.model.config import ConfigError
+  from dsv4.errors import Dsv4Error
   from dsv4.training import pretrain_loop
-  from dsv4.training.checkpointing import CheckpointError
   config = _CONFIG.value
   for section in ("model", "train", "data"):
     if section not in config:
@@ -46,7 +44,7 @@ def main(argv):
                f"`{section}` section; target configs for training define model, train and data.")
   try:
     result = pretrain_loop.run(config, _WORKDIR.value, provenance=provenance())
-  except (ConfigError, DataError, CheckpointError, pretrain_loop.TrainingError) as e:
+  except Dsv4Error as e:
     sys.exit(f"error: {e}")
   if distributed.is_main():
     print(json.dumps(result))

@@ -1,7 +1,3 @@
-"""The one error type of the data pipeline: bad input is reported before any loading or packing work starts."""
+"""The data pipeline's error type, DataError: now defined in dsv4.errors with the package's others."""
 
-from __future__ import annotations
-
-
-class DataError(ValueError):
-  """A data source, dataset column, packing argument or stream state is unusable; the message says what to change."""
+from dsv4.errors import DataError  # noqa: F401  (the old import path)

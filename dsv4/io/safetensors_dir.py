@@ -12,9 +12,7 @@ import ml_dtypes  # noqa: F401  (registers bfloat16/float8 with numpy so safeten
 import numpy as np
 from safetensors.numpy import save_file
 
-
-class CheckpointError(ValueError):
-  """A checkpoint on disk is missing, corrupt or does not match the model; the message says which file/tensor."""
+from dsv4.errors import CheckpointError  # noqa: F401  (importable here as before)
 
 
 def write_shards(tensors: dict[str, np.ndarray], out_dir: Path, max_shard_bytes: int = 4 << 30) -> list[str]:

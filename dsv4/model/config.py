@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from dsv4 import errors
+
 ATTENTION_KINDS = {0: "sliding", 4: "csa", 128: "hca"}
 SCORING_FUNCS = ("sqrtsoftplus", "sigmoid", "softmax")
 # "ragged": dropless, best kernel for the backend; "expert_parallel": experts split over the mesh's expert axis
@@ -17,8 +19,7 @@ MOE_IMPLS = ("ragged", "ragged_dot", "tiled", "gather", "dense", "expert_paralle
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
-  """A config value is wrong; the message names the field and what to do."""
+ConfigError = errors.ConfigError  # defined in dsv4.errors; importable here as before
 
 
 @dataclasses.dataclass(frozen=True)

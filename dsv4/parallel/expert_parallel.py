@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from dsv4 import errors
 from dsv4.model.layers import clamped_swiglu
 from dsv4.model.moe import tile_layout, tile_size, tiled_swiglu
 from dsv4.parallel.rules import DEFAULT_RULES, logical_to_spec
@@ -52,8 +53,8 @@ from dsv4.parallel.rules import DEFAULT_RULES, logical_to_spec
 _rules_override: tuple | None = None
 
 
-class ExpertParallelError(ValueError):
-  """The mesh cannot hold the experts (count not divisible, several expert axes); the message names the axis."""
+# The mesh cannot hold the experts (count not divisible, several expert axes): a config error naming the axis.
+ExpertParallelError = errors.ConfigError
 
 
 def set_rules(rules: Sequence[tuple] | None) -> tuple | None:

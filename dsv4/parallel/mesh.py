@@ -21,14 +21,13 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AbstractMesh, AxisType, Mesh
 
-from dsv4.model.config import ConfigError
+from dsv4.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 DCN_KEYS = tuple(f"dcn_{a}" for a in MESH_AXES)
 
 
-class MeshError(ConfigError):
-  """Mesh sizes are wrong; the message names the axis."""
+MeshError = ConfigError  # mesh sizes are wrong; the message names the axis
 
 
 def parse_sizes(text: str) -> dict[str, int]:

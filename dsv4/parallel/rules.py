@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dsv4.model.config import ConfigError
+from dsv4.errors import ConfigError, ShardingError
 from dsv4.parallel.mesh import MESH_AXES
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,7 @@ DEFAULT_RULES = (
 )
 
 
-class RulesError(ConfigError):
-  """A rule is malformed or missing; the message names the logical axis."""
-
-
-class ShardingError(ValueError):
-  """A dimension does not divide over its mesh axes; the message names the parameter."""
+RulesError = ConfigError  # a rule is malformed or missing; the message names the logical axis
 
 
 def _axes(value, where: str) -> tuple[str, ...]:

@@ -27,22 +27,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from dsv4.errors import CheckpointError, CheckpointSaveError  # noqa: F401  (importable here as before)
+
 log = logging.getLogger(__name__)
 
 _ITEMS = ("state", "data_state", "meta")
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's marker of an unfinished step directory (atomicity_types)
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint could not be saved or restored."""
-
-
-class CheckpointSaveError(CheckpointError):
-  """Saving one step failed; that step is not a checkpoint, earlier ones are untouched."""
-
-  def __init__(self, message: str, step: int):
-    super().__init__(message)
-    self.step = step
 
 
 class TrainCheckpointer:

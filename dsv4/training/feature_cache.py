@@ -21,6 +21,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from dsv4 import errors
 from dsv4.training.distill import FEATURE_FIELDS, ROW_FIELDS
 from dsv4.training.progress import progress
 
@@ -37,8 +38,7 @@ def bytes_per_token(hidden: int, n_taps: int, feature_names: tuple[str, ...], dt
   return {"online": rows, "offline": rows + floats * width}
 
 
-class FeatureCacheError(RuntimeError):
-  pass
+FeatureCacheError = errors.DataError  # a feature cache is data; the old name stays importable
 
 
 def build(directory: str | Path, batches: Iterator[dict], n_batches: int, features_fn: Callable[[dict], dict],

@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 
 from dsv4.configs import model_config
 from dsv4.data.corpus import unigram_entropy
-from dsv4.model.config import ConfigError
+from dsv4.errors import ConfigError, TrainingError
 from dsv4.parallel.config import mesh_from_config, rules_from_config
 from dsv4.parallel.distributed import is_main
 from dsv4.parallel.rules import logical_to_spec
@@ -31,10 +31,6 @@ from dsv4.training.optimizer import learning_rate, make_optimizer
 from dsv4.training.progress import progress
 from dsv4.training.tensorboard import ScalarWriter
 from dsv4.training.throughput import compiled_flops, measured_matmul_flops
-
-
-class TrainingError(RuntimeError):
-  """Training stopped (non-finite loss, ...); the message names the step and the checkpoint kept."""
 
 
 def _log(msg: str) -> None:
