@@ -12,6 +12,8 @@ from flax import nnx
 
 from dsv4.drafters.config import DrafterConfig
 from dsv4.model.config import ModelConfig
+from dsv4.parallel.rules import state_shardings
+from dsv4.parallel.sharded import bind_rules, shard_model
 
 
 def drafter_class(kind: str):
@@ -42,13 +44,12 @@ def build_drafter(cfg: DrafterConfig, target_cfg: ModelConfig, *, seed: int = 0,
       raise ValueError("drafter.kind='mtp' starts from the target's MTP module: pass the target.")
     drafter = cls.from_target(cfg, target)
     if mesh is not None:
-      from dsv4.parallel.sharded import shard_model
       drafter = shard_model(drafter, mesh, rules)
     return drafter
   make = lambda: cls(cfg, target_cfg, rngs=nnx.Rngs(seed))
   graphdef, abstract = nnx.split(nnx.eval_shape(make))
   out_shardings = None
   if mesh is not None:
-    from dsv4.parallel.rules import state_shardings
     out_shardings = state_shardings(abstract, mesh, rules)
-  return nnx.merge(graphdef, jax.jit(lambda: nnx.state(make()), out_shardings=out_shardings)())
+  drafter = nnx.merge(graphdef, jax.jit(lambda: nnx.state(make()), out_shardings=out_shardings)())
+  return drafter if mesh is None else bind_rules(drafter, rules)  # v4 layers' expert dispatch follows the rules

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dsv4.kernels.tiled_moe import clamped_swiglu  # noqa: F401  (importable here as before)
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -76,13 +78,6 @@ class Linear(nnx.Module):
 
   def __call__(self, x):
     return jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
-
-
-def clamped_swiglu(gate, up, limit: float):
-  """silu(min(gate, limit)) · clip(up, ±limit): V4 clamps the pre-activations of every expert."""
-  gate = jnp.minimum(gate, limit)
-  up = jnp.clip(up, -limit, limit)
-  return jax.nn.silu(gate) * up
 
 
 class SwiGLU(nnx.Module):

@@ -24,19 +24,19 @@ and the global number of dropped assignments is returned (the MoE `sow`s it as n
 
 `jax.lax.ragged_all_to_all` would send only the real rows, but XLA:CPU does not implement it (jax 0.10.2:
 "HLO opcode `ragged-all-to-all` is not supported by XLA:CPU ThunkEmitter"), so the exchange is the fixed-size
-`all_to_all` everywhere. Receivers compute with the tiled grouped matmul of dsv4.model.moe on CPU and
+`all_to_all` everywhere. Receivers compute with the tiled grouped matmul of dsv4.kernels.tiled_moe on CPU and
 `ragged_dot` elsewhere (as moe_impl="ragged" picks).
 
 Mesh and rules: the mesh is the ambient one (`jax.set_mesh`), read at trace time with
-`jax.sharding.get_abstract_mesh()`; the model carries no rules object, so the `exp` and `batch` rules come from
-DEFAULT_RULES unless `set_rules`/`use_rules` installed others (also read at trace time: a function jitted before a
-change keeps the old ones). No mesh, or an expert axis of size 1: `plan` returns None and the MoE runs its local
+`jax.sharding.get_abstract_mesh()`. The rules are passed in: `plan(n_experts, rules)` reads the `exp` and `batch`
+rules from them. The MoE holds the rules of the run (its static `sharding_rules`, set by
+dsv4.parallel.sharded.bind_rules when the model is placed on the mesh), so the rules that shard the expert weights
+also route the tokens. No mesh, or an expert axis of size 1: `plan` returns None and the MoE runs its local
 dropless path instead.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -46,36 +46,11 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from dsv4 import errors
-from dsv4.model.layers import clamped_swiglu
-from dsv4.model.moe import tile_layout, tile_size, tiled_swiglu
+from dsv4.kernels.tiled_moe import clamped_swiglu, tile_layout, tile_size, tiled_swiglu
 from dsv4.parallel.rules import DEFAULT_RULES, logical_to_spec
-
-_rules_override: tuple | None = None
-
 
 # The mesh cannot hold the experts (count not divisible, several expert axes): a config error naming the axis.
 ExpertParallelError = errors.ConfigError
-
-
-def set_rules(rules: Sequence[tuple] | None) -> tuple | None:
-  """Rules the exchange reads its `exp` and `batch` axes from (None: DEFAULT_RULES); returns the previous ones."""
-  global _rules_override
-  previous, _rules_override = _rules_override, None if rules is None else tuple(rules)
-  return previous
-
-
-@contextlib.contextmanager
-def use_rules(rules: Sequence[tuple] | None):
-  """`set_rules` for the duration of a `with` block (trace inside it)."""
-  previous = set_rules(rules)
-  try:
-    yield
-  finally:
-    set_rules(previous)
-
-
-def current_rules() -> tuple:
-  return DEFAULT_RULES if _rules_override is None else _rules_override
 
 
 def _spec_axes(entry) -> tuple[str, ...]:
@@ -95,11 +70,12 @@ class Plan:
 
 
 def plan(n_experts: int, rules: Sequence[tuple] | None = None) -> Plan | None:
-  """How the ambient mesh splits tokens and experts, or None when there is nothing to split (local path)."""
+  """How the ambient mesh splits tokens and experts under `rules` (None: DEFAULT_RULES), or None when there is
+  nothing to split (local path)."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty:
     return None
-  rules = current_rules() if rules is None else rules
+  rules = DEFAULT_RULES if rules is None else rules
   sizes = dict(mesh.shape)
   axes = [a for a in _spec_axes(logical_to_spec(("exp",), rules)[0]) if sizes.get(a, 1) > 1]
   if not axes:
@@ -187,14 +163,15 @@ def _exchange(x_TD, w_TK, idx_TK, valid_T, w_gate, w_up, w_down, *, plan: Plan, 
 
 
 def expert_parallel_moe(x_TD, w_TK, idx_TK, w_gate, w_up, w_down, *, limit: float, capacity_factor: float = 0.0,
-                        kernel: str | None = None, ep_plan: Plan | None = None):
+                        kernel: str | None = None, ep_plan: Plan | None = None, rules: Sequence[tuple] | None = None):
   """Routed-expert output [T, D] (fp32) and the global count of dropped assignments (int32; 0 when dropless).
 
   x_TD [T, D] (compute dtype), w_TK [T, k] fp32 and idx_TK [T, k] int32 from MoE.route; w_gate/w_up [E, D, I],
-  w_down [E, I, D] in the compute dtype. Needs an expert-parallel mesh: `ep_plan` or `plan(E)` must not be None.
+  w_down [E, I, D] in the compute dtype. Needs an expert-parallel mesh: `ep_plan` or `plan(E, rules)` must not be
+  None.
   """
   E = w_gate.shape[0]
-  ep_plan = ep_plan or plan(E)
+  ep_plan = ep_plan or plan(E, rules)
   if ep_plan is None:
     raise ExpertParallelError("expert parallelism needs an ambient mesh (jax.set_mesh) whose expert axis is > 1.")
   kernel = kernel or ("tiled" if jax.default_backend() == "cpu" else "ragged_dot")

@@ -3,8 +3,8 @@
 Inputs: the state in its rules shardings, token ids [B, T] sharded by the `batch` rule (default
 ("data", "fsdp")) on B. Outputs: every TargetOutput field sharded on its batch dimension (found from the
 field's shape suffix, e.g. `experts_LBTK` → dim 1) and replicated otherwise, so logits come back whole per
-sequence. Expert-parallel dispatch is not here yet: with Auto axes XLA's SPMD partitioner partitions the
-routing, the ragged expert matmuls and the einsums itself (correct; not tuned).
+sequence. With moe_impl="expert_parallel" the MoE dispatches tokens by the same rules (dsv4.parallel.expert_parallel);
+otherwise XLA's SPMD partitioner partitions the routing, the ragged expert matmuls and the einsums itself.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dsv4.parallel.rules import checked_spec, logical_to_spec, state_shardings
+from dsv4.parallel.sharded import bind_rules
 
 
 def batch_dim(name: str, ndim: int) -> int | None:
@@ -43,9 +44,10 @@ def jit_forward_sharded(model: nnx.Module, mesh, rules, **forward_kwargs):
   """`ids_BT -> TargetOutput`, jitted over the model's state in its rules shardings on `mesh`.
 
   The state is placed once (no-op when born sharded); ids are put on the batch sharding per call, and a batch
-  that does not divide over the `batch` axes is an error naming them.
+  that does not divide over the `batch` axes is an error naming them. The rules are bound to the model's expert
+  dispatch as well (`bind_rules`).
   """
-  graphdef, state = nnx.split(model)
+  graphdef, state = nnx.split(bind_rules(model, rules))
   state_sh = state_shardings(state, mesh, rules)
   state = jax.device_put(state, state_sh)
 

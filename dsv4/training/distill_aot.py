@@ -21,6 +21,7 @@ from dsv4.drafters.config import DrafterConfig
 from dsv4.model.config import ModelConfig
 from dsv4.model.param_count import abstract_model
 from dsv4.parallel.rules import state_shardings
+from dsv4.parallel.sharded import bind_rules
 from dsv4.training import distill, train_state
 from dsv4.training.optimizer import learning_rate, make_optimizer
 
@@ -55,14 +56,14 @@ def lower_train_step(dcfg: DrafterConfig, target_cfg: ModelConfig, train, mesh, 
     raise ValueError("AOT compile covers drafters built from their config (dspark, eagle3); the MTP drafter is a "
                      "copy of the target's own MTP module and is sized by the target's plan.")
   dcfg.check_against_target(target_cfg)
-  target = abstract_model(target_cfg)
+  target = bind_rules(abstract_model(target_cfg), rules)
   tgd, tparams, tfrozen = train_state.split_model(target)
   t_sh = dict(zip(("params", "frozen"), train_state.model_shardings(target, mesh, rules), strict=True))
   target_args = {"params": _with_shardings(tparams, t_sh["params"]),
                  "frozen": _with_shardings(tfrozen, t_sh["frozen"])}
 
   moe_impl = train.get("moe_impl", "") or None
-  drafter = abstract_drafter(dcfg, distill.drafter_target_config(target_cfg, moe_impl))
+  drafter = bind_rules(abstract_drafter(dcfg, distill.drafter_target_config(target_cfg, moe_impl)), rules)
   names = tuple(drafter.feature_names)
   graphdef, params, rest = nnx.split(drafter, nnx.Param, ...)
   p_sh, r_sh = (nnx.to_pure_dict(state_shardings(s, mesh, rules)) for s in (params, rest))

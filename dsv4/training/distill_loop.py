@@ -32,6 +32,7 @@ from dsv4.model.config import ConfigError
 from dsv4.model.moe import EXPERT_IMPLS
 from dsv4.parallel.config import mesh_from_config, rules_from_config
 from dsv4.parallel.distributed import is_main
+from dsv4.parallel.sharded import bind_rules
 from dsv4.training import data_setup, distill, feature_cache, train_state
 from dsv4.training.checkpointing import TrainCheckpointer
 from dsv4.training.distill_config import FEATURE_MODES, drafter_config
@@ -148,7 +149,7 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   mesh, rules = mesh_from_config(config), rules_from_config(config)
   check_batch(t.batch_size, mesh, rules)
 
-  target = ensure_target(config.target, log=_log)
+  target = bind_rules(ensure_target(config.target, log=_log), rules)  # its expert dispatch follows config.rules
   target_cfg = target.config
   dcfg.check_against_target(target_cfg)
   if not d.tokenizer and tokenizer_path(config.target.path) is not None:

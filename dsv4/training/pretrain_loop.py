@@ -21,10 +21,10 @@ from jax.experimental import multihost_utils
 from dsv4.configs import model_config
 from dsv4.data.corpus import unigram_entropy
 from dsv4.errors import ConfigError, TrainingError
+from dsv4.model.sharded import init_sharded
 from dsv4.parallel.config import mesh_from_config, rules_from_config
 from dsv4.parallel.distributed import is_main
 from dsv4.parallel.rules import logical_to_spec
-from dsv4.parallel.sharded import init_sharded
 from dsv4.training import data_setup, pretrain, train_state
 from dsv4.training.checkpointing import TrainCheckpointer
 from dsv4.training.optimizer import learning_rate, make_optimizer

@@ -82,9 +82,9 @@ def train_metrics() -> list[dict]:
   import jax
 
   from dsv4.configs import load_config, model_config
+  from dsv4.model.sharded import init_sharded
   from dsv4.parallel.mesh import make_mesh
   from dsv4.parallel.rules import DEFAULT_RULES
-  from dsv4.parallel.sharded import init_sharded
   from dsv4.training import pretrain, train_state
   from dsv4.training.config import train_section
   from dsv4.training.optimizer import learning_rate

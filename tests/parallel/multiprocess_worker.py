@@ -30,10 +30,10 @@ def main():
   from jax.experimental import multihost_utils
 
   from dsv4.configs import load_config, model_config
+  from dsv4.model.sharded import init_sharded
   from dsv4.parallel.forward import jit_forward_sharded
   from dsv4.parallel.mesh import make_mesh
   from dsv4.parallel.rules import DEFAULT_RULES
-  from dsv4.parallel.sharded import init_sharded
 
   assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
   cfg = model_config(load_config(str(Path(__file__).resolve().parents[2] / "configs/target/tiny.py")))

@@ -26,12 +26,13 @@ from jax.sharding import PartitionSpec as P
 from dsv4.configs import load_config, model_config
 from dsv4.model.config import ConfigError, ModelConfig
 from dsv4.model.moe import MoE
+from dsv4.model.sharded import init_sharded
 from dsv4.model.transformer import jit_forward
 from dsv4.parallel import expert_parallel as ep
 from dsv4.parallel.forward import jit_forward_sharded
 from dsv4.parallel.mesh import make_mesh
 from dsv4.parallel.rules import DEFAULT_RULES, rules_with, state_shardings
-from dsv4.parallel.sharded import init_sharded
+from dsv4.parallel.sharded import bind_rules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 D, E, K, I, V = 32, 8, 2, 16, 64
@@ -205,6 +206,8 @@ def test_local_fallback_and_rules_override():
     assert moe.expert_path("expert_parallel", B * T * K) == local
   with jax.set_mesh(make_mesh({"expert": 8})):
     assert moe.expert_path("expert_parallel", B * T * K) != local
-    with ep.use_rules(rules_with([("exp", None)])):
-      assert moe.expert_path("expert_parallel", B * T * K) == local
+    bind_rules(moe, rules_with([("exp", None)]))
+    assert moe.expert_path("expert_parallel", B * T * K) == local
+    bind_rules(moe, None)
+    assert moe.expert_path("expert_parallel", B * T * K) != local
     assert ep.plan(E).token_axes == ("data", "fsdp", "expert", "tensor")

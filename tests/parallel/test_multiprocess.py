@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from dsv4.configs import load_config, model_config
+from dsv4.model.sharded import init_sharded
 from dsv4.parallel.forward import jit_forward_sharded
 from dsv4.parallel.mesh import make_mesh
 from dsv4.parallel.rules import DEFAULT_RULES
-from dsv4.parallel.sharded import init_sharded
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests/parallel/multiprocess_worker.py"

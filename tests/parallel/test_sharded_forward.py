@@ -14,11 +14,12 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from dsv4.configs import load_config, model_config
+from dsv4.model.sharded import init_sharded
 from dsv4.model.transformer import jit_forward
 from dsv4.parallel.forward import jit_forward_sharded
 from dsv4.parallel.mesh import make_mesh
 from dsv4.parallel.rules import DEFAULT_RULES, ShardingError, state_shardings
-from dsv4.parallel.sharded import init_sharded, shard_model
+from dsv4.parallel.sharded import shard_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = model_config(load_config(os.path.join(ROOT, "configs/target/tiny.py")))
