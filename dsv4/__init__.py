@@ -1,4 +1,9 @@
-"""dsv4: DSpark speculative-decoding drafters for DeepSeek-V4-style MoE targets, in JAX/Flax NNX."""
+"""dsv4: DSpark speculative-decoding drafters for DeepSeek-V4-style MoE targets, in JAX/Flax NNX.
+
+Layering (imports flow one way; tests/test_layering.py checks it): errors, kernels ← parallel ← model ← drafters
+← io ← inference / data ← training ← planning. Errors: dsv4.errors (one base, Dsv4Error). Shape letters in names
+(`logits_BTV`): dsv4.glossary.
+"""
 
 from dsv4.errors import CheckpointError, ConfigError, DataError, Dsv4Error, TargetError, TrainingError
 from dsv4.model import ModelConfig, TargetOutput, Transformer
@@ -21,8 +26,8 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0
 
 def load_drafter(path, target=None):
   """A trained drafter (train_drafter.py workdir or checkpoint) bound to its target: the one recorded in the
-  checkpoint when `target` is None, else `target` after checking it fits (see dsv4.drafters.loading)."""
-  from dsv4.drafters.loading import load_drafter as _load
+  checkpoint when `target` is None, else `target` after checking it fits (see dsv4.io.drafter_checkpoint)."""
+  from dsv4.io.drafter_checkpoint import load_drafter as _load
   return _load(path, target)
 
 

@@ -1,5 +1,5 @@
 """Compile the drafter training step for a large mesh of fake CPU devices and print XLA's per-device memory next
-to the planner's estimate (`dsv4.parallel.plan`); nothing is allocated.
+to the planner's estimate (`dsv4.planning.plan`); nothing is allocated.
 
   python scripts/aot_drafter_step.py --config configs/drafter/dspark.py:v4_flash \
       --target configs/target/v4_flash.py:bf16 --target_layers 5 --mesh expert=16,fsdp=4 --batch 64 --seq 4096 \
@@ -60,10 +60,10 @@ def main(argv=None):
 
   from dsv4.benchmarking import write_results
   from dsv4.configs import load_config, model_config
-  from dsv4.parallel import plan as plan_lib
   from dsv4.parallel.mesh import make_mesh
   from dsv4.parallel.rules import rules_from_config
-  from dsv4.training.distill_aot import lower_train_step, memory
+  from dsv4.planning import plan as plan_lib
+  from dsv4.planning.distill_aot import lower_train_step, memory
   from dsv4.training.distill_config import drafter_config
 
   if jax.device_count() != n_devices:
@@ -121,7 +121,7 @@ def main(argv=None):
     write_results(args.out, "scripts/aot_drafter_step.py", argv,
                   f"The {dcfg.kind} drafter training step (online target features, AdamW, donated state) compiled "
                   f"ahead of time for {n_devices} fake CPU devices, once per expert path; XLA's memory_analysis "
-                  "per device next to dsv4.parallel.plan's figures through the same rules. Peak = arguments + "
+                  "per device next to dsv4.planning.plan's figures through the same rules. Peak = arguments + "
                   "outputs + temporaries − outputs aliased onto donated arguments. XLA:CPU's buffer assignment, "
                   "not a GPU's: XLA:CPU computes bf16 matmuls in float32, so gathered bf16 weights and their "
                   "gradients appear as float32 copies; the planner's target parameters include the MTP module, "

@@ -7,8 +7,8 @@
       --drafter configs/drafter/dspark.py:v4_flash --mesh expert=8,fsdp=8 --batch 8
 
 Parameters and the decode cache go through the rules (the config's `rules` section over DEFAULT_RULES) on an
-abstract mesh of any size; activations are the estimate documented in dsv4/parallel/plan.py. With --drafter, a
-train_drafter plan adds the drafter's parameters, AdamW state, batch and activations (dsv4/parallel/plan_drafter.py;
+abstract mesh of any size; activations are the estimate documented in dsv4/planning/plan.py. With --drafter, a
+train_drafter plan adds the drafter's parameters, AdamW state, batch and activations (dsv4/planning/plan_drafter.py;
 scripts/aot_drafter_step.py compares them with XLA's compiled step). `--search` tries
 power-of-two meshes in order of device count and reports the first that fits.
 Prints a table, then one JSON line.
@@ -25,9 +25,9 @@ from ml_collections import config_flags
 from dsv4.configs import load_config, model_config
 from dsv4.errors import ConfigError, Dsv4Error, ShardingError
 from dsv4.model.param_count import abstract_model
-from dsv4.parallel import plan as plan_lib
 from dsv4.parallel.mesh import MESH_AXES, abstract_mesh, parse_sizes
 from dsv4.parallel.rules import parse_rules, rules_from_config, rules_with
+from dsv4.planning import plan as plan_lib
 from dsv4.training.distill_config import drafter_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "target config: path/to/file.py[:variant]")

@@ -49,6 +49,7 @@ from dsv4.data.errors import DataError
 from dsv4.data.sources import load_documents, render_chat, text_column
 from dsv4.data.stream import IDS, MASK
 from dsv4.data.tokenizer import TOKENIZER_FILE, check_vocab, load_tokenizer
+from dsv4.io.target import load_target, read_target_config  # the one target loader (train_drafter's too)
 
 MANIFEST = "manifest.json"
 MANIFEST_KIND = "dsv4.regenerate"
@@ -205,29 +206,6 @@ def load_prompts(source: str, split: str, tokenizer, *, num_prompts: int, prompt
 
 
 # ---------------------------------------------------------------------------------------------------- target
-
-def read_target_config(target: str | os.PathLike):
-  """(ModelConfig, format) of a target directory without loading its weights."""
-  from dsv4.io import checkpoint, hf
-  path = Path(target)
-  if not path.is_dir():
-    raise DataError(f"target {path}: no such directory; pass the directory of an exported target such as "
-                    "assets/targets/small")
-  try:
-    if (path / checkpoint.CONFIG_FILE).is_file():
-      return checkpoint.read_model_config(path), "dsv4"
-    if (path / "config.json").is_file():
-      return hf.read_config(path), "transformers"
-  except ValueError as e:  # CheckpointError / ConfigError: a broken config file
-    raise DataError(f"target {path}: {e}") from e
-  raise DataError(f"target {path}: no config.json (transformers layout) or {checkpoint.CONFIG_FILE} (dsv4 "
-                  "checkpoint); pass the directory of an exported target such as assets/targets/small")
-
-
-def load_target(target: str | os.PathLike, fmt: str):
-  from dsv4.io import checkpoint, hf
-  return checkpoint.load_model(target) if fmt == "dsv4" else hf.from_pretrained(target)
-
 
 def _sha256_file(path: Path) -> str:
   return hashlib.sha256(path.read_bytes()).hexdigest()

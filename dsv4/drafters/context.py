@@ -7,7 +7,8 @@ exactly what `Transformer.embed_tokens`/`Transformer.head` do.
 
 `ContextKV` holds, per drafter layer, the keys and values projected from the context features. Context tokens
 never pass through a drafter layer's norms, MLP or attention, only through its Wk/Wv, so these are exact and
-computed once per context token: a fixed-size buffer [N, B, S, J, K] (N layers, J KV heads) filled by `write`.
+computed once per context token: a fixed-size buffer [L, B, S, J, K] (L drafter layers, J KV heads) filled by
+`write`. Shape letters: dsv4.glossary.
 """
 
 from __future__ import annotations
@@ -43,14 +44,22 @@ class FrozenTarget:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class ContextKV:
-  """Per-layer context keys (normalised and rotated at their positions) and values, [N, B, S, J, K]."""
+  """Per-layer context keys (normalised and rotated at their positions) and values, [L, B, S, J, K]."""
 
-  k_NBSJK: jax.Array
-  v_NBSJK: jax.Array
+  k_LBSJK: jax.Array
+  v_LBSJK: jax.Array
+
+  @property
+  def k_NBSJK(self) -> jax.Array:  # the old name (N is mHC streams in dsv4.glossary); remove once unused
+    return self.k_LBSJK
+
+  @property
+  def v_NBSJK(self) -> jax.Array:
+    return self.v_LBSJK
 
   @property
   def length(self) -> int:
-    return self.k_NBSJK.shape[2]
+    return self.k_LBSJK.shape[2]
 
   @classmethod
   def zeros(cls, num_layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype=jnp.float32):
@@ -58,11 +67,11 @@ class ContextKV:
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
   def write(self, new: ContextKV, start_B) -> ContextKV:
-    """Writes `new` ([N, B, T, J, K]) at rows start_B..start_B+T−1 of each sequence; the caller keeps
+    """Writes `new` ([L, B, T, J, K]) at rows start_B..start_B+T−1 of each sequence; the caller keeps
     start + T ≤ S (dynamic_update_slice would shift an overflowing write back inside the buffer)."""
 
-    def put(buf_NBSJK, upd_NBTJK):
+    def put(buf_LBSJK, upd_LBTJK):
       row = lambda b, u, s: jax.lax.dynamic_update_slice(b, u.astype(b.dtype), (s, 0, 0))
-      return jax.vmap(jax.vmap(row, in_axes=(0, 0, 0)), in_axes=(0, 0, None))(buf_NBSJK, upd_NBTJK, start_B)
+      return jax.vmap(jax.vmap(row, in_axes=(0, 0, 0)), in_axes=(0, 0, None))(buf_LBSJK, upd_LBTJK, start_B)
 
-    return ContextKV(put(self.k_NBSJK, new.k_NBSJK), put(self.v_NBSJK, new.v_NBSJK))
+    return ContextKV(put(self.k_LBSJK, new.k_LBSJK), put(self.v_LBSJK, new.v_LBSJK))

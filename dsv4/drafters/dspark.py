@@ -127,7 +127,7 @@ class DSpark(nnx.Module):
       h = to_streams(h, self.config.hc_mult)
     experts = []
     for n, layer in enumerate(self.layers):
-      args = (pos_BAG, ctx_kv.k_NBSJK[n], ctx_kv.v_NBSJK[n], ctx_start_BA, ctx_len_BA)
+      args = (pos_BAG, ctx_kv.k_LBSJK[n], ctx_kv.v_LBSJK[n], ctx_start_BA, ctx_len_BA)
       if isinstance(layer, V4Layer):
         h, experts_BAGK = layer.forward(h, *args)
         experts.append(experts_BAGK)

@@ -195,8 +195,8 @@ class Eagle3(nnx.Module):
     anchor is its document's first token)."""
     if temperature > 0 and key is None:
       raise ValueError("propose: sampling at temperature > 0 needs a PRNG key.")
-    if ctx_kv.k_NBSJK.shape[0] != 1:
-      raise ValueError(f"ctx_kv has {ctx_kv.k_NBSJK.shape[0]} layers; an EAGLE-3 cache has 1 (Eagle3.context_kv).")
+    if ctx_kv.k_LBSJK.shape[0] != 1:
+      raise ValueError(f"ctx_kv has {ctx_kv.k_LBSJK.shape[0]} layers; an EAGLE-3 cache has 1 (Eagle3.context_kv).")
     self._check_taps(prev_taps_BLD, "prev_taps_BLD")
     ctx_len_BA = ctx_len_B.astype(jnp.int32)[:, None]
     ctx_start_BA = jnp.zeros_like(ctx_len_BA) if ctx_start_B is None else ctx_start_B.astype(jnp.int32)[:, None]
@@ -206,7 +206,7 @@ class Eagle3(nnx.Module):
     chain, tokens, logits = ([], []), [], []
     for k in range(self.config.block_size):
       emb = frozen.embed(tok_B[:, None]).astype(self.dtype)
-      h = self._step(h, emb, pos_BA + k, chain, ctx_kv.k_NBSJK[0], ctx_kv.v_NBSJK[0], ctx_start_BA, ctx_len_BA)
+      h = self._step(h, emb, pos_BA + k, chain, ctx_kv.k_LBSJK[0], ctx_kv.v_LBSJK[0], ctx_start_BA, ctx_len_BA)
       logits_BV = frozen.head(self.norm(h))[:, 0]
       if temperature > 0:
         tok_B = jax.random.categorical(jax.random.fold_in(key, k), logits_BV / temperature).astype(jnp.int32)

@@ -44,7 +44,7 @@ def tile_layout(idx_TK, n_experts: int, tile: int):
   Groups sorted by expert start at multiples of `tile`; G = n_tiles(N, E, tile) tiles of `tile` rows (R = G·tile).
   Returns (src_R [R] int32: flat assignment index t·k + j of each row, N for a padding row;
            expert_G [G] int32: the expert of each tile (tiles past the last group get E − 1);
-           row_N [N] int32: the row of each assignment;
+           row_X [N] int32: the row of each assignment (X: the N = T·k (token, expert) pairs);
            used: int32 scalar, the tiles that hold assignments — tiles [used, G) are all padding).
   """
   N, E = idx_TK.size, n_experts
@@ -57,12 +57,12 @@ def tile_layout(idx_TK, n_experts: int, tile: int):
   end_E = jnp.cumsum(padded_E)
   start_E, pstart_E = jnp.cumsum(size_E) - size_E, end_E - padded_E
   row_sorted = pstart_E[sorted_e] + jnp.arange(N, dtype=jnp.int32) - start_E[sorted_e]
-  row_N = jnp.zeros((N,), jnp.int32).at[order].set(row_sorted, unique_indices=True)
+  row_X = jnp.zeros((N,), jnp.int32).at[order].set(row_sorted, unique_indices=True)
   src_R = jnp.full((G * tile,), N, jnp.int32).at[row_sorted].set(order, unique_indices=True)
   # Tile g starts at row g·t; its expert is the number of groups that end at or before that row ([G, E] compares
   # compile and run faster on CPU than searchsorted's loop).
   expert_G = jnp.sum(end_E[None, :] <= jnp.arange(G, dtype=jnp.int32)[:, None] * tile, axis=1, dtype=jnp.int32)
-  return src_R, jnp.minimum(expert_G, E - 1), row_N, (end_E[-1] // tile).astype(jnp.int32)
+  return src_R, jnp.minimum(expert_G, E - 1), row_X, (end_E[-1] // tile).astype(jnp.int32)
 
 
 # --- tiled grouped SwiGLU ---------------------------------------------------------------------------------------

@@ -115,13 +115,13 @@ class MoE(nnx.Module):
     T, K = idx_TK.shape
     N, D = T * K, x_TD.shape[-1]
     t = tile or tile_size(N, self.n_experts)
-    src_R, expert_G, row_N, used = tile_layout(idx_TK, self.n_experts, t)
+    src_R, expert_G, row_X, used = tile_layout(idx_TK, self.n_experts, t)
     valid_R = src_R < N
     # Padding rows are zeros, so they stay finite whatever their tile's weights; their outputs are never read.
     x_RD = jnp.where(valid_R[:, None], x_TD[jnp.where(valid_R, src_R // K, 0)], 0).astype(self.dtype)
     y_GtD = tiled_swiglu(x_RD.reshape(-1, t, D), expert_G, used, self.w_gate[...].astype(self.dtype),
                          self.w_up[...].astype(self.dtype), self.w_down[...].astype(self.dtype), self.limit)
-    y_TKD = y_GtD.reshape(-1, D)[row_N].reshape(T, K, D)
+    y_TKD = y_GtD.reshape(-1, D)[row_X].reshape(T, K, D)
     return jnp.einsum("tkd,tk->td", y_TKD.astype(jnp.float32), w_TK).astype(self.dtype)
 
   def experts_gather(self, x_TD, w_TK, idx_TK):

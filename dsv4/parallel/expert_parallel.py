@@ -98,13 +98,13 @@ def capacity(n_assign: int, n_peers: int, capacity_factor: float) -> int:
   return max(1, min(math.ceil(capacity_factor * n_assign / n_peers), n_assign))
 
 
-def rank_in_group(group_N, n_groups: int):
+def rank_in_group(group_X, n_groups: int):
   """For each element, how many earlier elements (in order) share its group: its slot in that group's buffer."""
-  order = jnp.argsort(group_N, stable=True)
-  size_G = jnp.bincount(group_N, length=n_groups)
+  order = jnp.argsort(group_X, stable=True)
+  size_G = jnp.bincount(group_X, length=n_groups)
   start_G = jnp.cumsum(size_G) - size_G
-  rank_sorted = jnp.arange(group_N.size, dtype=jnp.int32) - start_G[group_N[order]].astype(jnp.int32)
-  return jnp.zeros(group_N.shape, jnp.int32).at[order].set(rank_sorted, unique_indices=True)
+  rank_sorted = jnp.arange(group_X.size, dtype=jnp.int32) - start_G[group_X[order]].astype(jnp.int32)
+  return jnp.zeros(group_X.shape, jnp.int32).at[order].set(rank_sorted, unique_indices=True)
 
 
 def local_experts(x_RD, e_R, w_gate, w_up, w_down, limit: float, kernel: str, mean_rows: int):
@@ -141,11 +141,11 @@ def _exchange(x_TD, w_TK, idx_TK, valid_T, w_gate, w_up, w_down, *, plan: Plan, 
   T, K = idx_TK.shape
   N, D, n, E_l = T * K, x_TD.shape[-1], plan.n, w_gate.shape[0]
   flat_e = idx_TK.reshape(-1)
-  dest_N = jnp.where(jnp.repeat(valid_T, K), flat_e // E_l, n)  # padding tokens go to no peer
-  pos_N = rank_in_group(dest_N, n + 1)
-  keep_N = (dest_N < n) & (pos_N < cap)
-  slot_N = jnp.where(keep_N, dest_N * cap + pos_N, n * cap)  # n·cap: out of bounds, dropped by the scatter
-  src_S = jnp.full((n * cap,), N, jnp.int32).at[slot_N].set(jnp.arange(N, dtype=jnp.int32), mode="drop")
+  dest_X = jnp.where(jnp.repeat(valid_T, K), flat_e // E_l, n)  # padding tokens go to no peer
+  pos_X = rank_in_group(dest_X, n + 1)
+  keep_X = (dest_X < n) & (pos_X < cap)
+  slot_X = jnp.where(keep_X, dest_X * cap + pos_X, n * cap)  # n·cap: out of bounds, dropped by the scatter
+  src_S = jnp.full((n * cap,), N, jnp.int32).at[slot_X].set(jnp.arange(N, dtype=jnp.int32), mode="drop")
   filled_S = src_S < N
   src_S = jnp.where(filled_S, src_S, 0)
   x_SD = jnp.where(filled_S[:, None], x_TD[src_S // K], 0)
@@ -156,9 +156,9 @@ def _exchange(x_TD, w_TK, idx_TK, valid_T, w_gate, w_up, w_down, *, plan: Plan, 
 
   y_recv = local_experts(swap(x_SD), swap(e_S), w_gate, w_up, w_down, limit, kernel, mean_rows=N)
   y_SD = swap(y_recv)
-  y_ND = jnp.where(keep_N[:, None], y_SD[jnp.where(keep_N, slot_N, 0)], 0)
-  y_TD = jnp.einsum("tkd,tk->td", y_ND.reshape(T, K, D).astype(jnp.float32), w_TK)
-  dropped = jax.lax.psum(jnp.sum((dest_N < n) & ~keep_N, dtype=jnp.int32), plan.token_axes)
+  y_XD = jnp.where(keep_X[:, None], y_SD[jnp.where(keep_X, slot_X, 0)], 0)
+  y_TD = jnp.einsum("tkd,tk->td", y_XD.reshape(T, K, D).astype(jnp.float32), w_TK)
+  dropped = jax.lax.psum(jnp.sum((dest_X < n) & ~keep_X, dtype=jnp.int32), plan.token_axes)
   return y_TD, dropped
 
 

@@ -1,12 +1,14 @@
 """Drafter distillation: the loop behind `scripts/train_drafter.py`.
 
-  target   frozen, loaded (or trained first, saying so) from config.target; its arrays are sharded by the same
-           rules as in pretraining and passed to every step as an argument, never checkpointed here
+  target   frozen, loaded by dsv4.io.target (or trained first, saying so) from config.target; its arrays are
+           sharded by the same rules as in pretraining (which its expert dispatch follows too) and passed to every
+           step as an argument, never checkpointed here
   data     packed rows from config.data (the embedded corpus: teacher forcing on code; a regenerated dataset:
            responses of the target with a response-only mask), anchors drawn per document on the host
   features online (target forward inside the jitted step) or offline (a feature cache built first, saying so)
   state    the drafter's params, its other variables, the optimizer state and the step — all that a checkpoint
            holds, with the data-stream position and, in its metadata, the drafter config and the target's identity
+           (dsv4.io.drafter_checkpoint: written here, read by dsv4.load_drafter)
 
 Resuming is re-running the same command. Held-out metrics (τ_prob, α_k, loss terms, calibration) are computed
 on `train.eval_batches` fixed validation batches every `train.eval_every` steps and once before training
@@ -28,6 +30,8 @@ from jax.experimental import multihost_utils
 
 from dsv4.data.anchors import batch_anchors
 from dsv4.drafters.build import build_drafter
+from dsv4.io.drafter_checkpoint import drafter_meta
+from dsv4.io.target import tokenizer_path
 from dsv4.model.config import ConfigError
 from dsv4.model.moe import EXPERT_IMPLS
 from dsv4.parallel.config import mesh_from_config, rules_from_config
@@ -39,7 +43,7 @@ from dsv4.training.distill_config import FEATURE_MODES, drafter_config
 from dsv4.training.optimizer import learning_rate, make_optimizer
 from dsv4.training.pretrain_loop import TrainingError, check_batch
 from dsv4.training.progress import progress
-from dsv4.training.target_source import describe, ensure_target, tokenizer_path
+from dsv4.training.target_source import ensure_target
 from dsv4.training.tensorboard import ScalarWriter
 
 
@@ -192,9 +196,7 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   # --- checkpoints --------------------------------------------------------------------------------
   ckpt = TrainCheckpointer(workdir / "checkpoints", every=t.checkpoint_every, keep=t.keep_checkpoints,
                            async_save=t.async_checkpoints)
-  meta = {"config": json.loads(config.to_json()), "drafter": dcfg.to_dict(),
-          "target": describe(config.target.path, target_cfg), "tokens_seen": 0, "seconds": 0.0,
-          **(provenance or {})}
+  meta = drafter_meta(config, dcfg, config.target.path, target_cfg, provenance)
   latest = ckpt.latest_step()
   if latest is not None:
     abstract = train_state.abstract_state(state, shardings)

@@ -1,46 +1,20 @@
-"""A trained target out of its training workdir: restore the latest checkpoint as a model, round it to a storage
-dtype, and measure what was exported (validation cross-entropy of the rounded weights, the corpus's unigram
+"""A trained target out of its training workdir: restore the latest checkpoint as a model (dsv4.io.target), round it
+to a storage dtype, and measure what was exported (validation cross-entropy of the rounded weights, the corpus's unigram
 entropy under the same tokenizer) for the provenance file that travels with the weights."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from dsv4.configs import model_config
 from dsv4.data.corpus import unigram_entropy
+from dsv4.io.target import latest_checkpoint, restore_model  # noqa: F401  (used by export_target.py)
 from dsv4.model.layers import FrozenState
 from dsv4.model.transformer import Transformer
 from dsv4.training import data_setup, pretrain
-from dsv4.training.checkpointing import CheckpointError
-
-
-def latest_checkpoint(workdir: str | Path) -> Path:
-  root = Path(workdir).absolute() / "checkpoints"
-  steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
-  if not steps:
-    raise CheckpointError(f"{root}: no finished checkpoint; train first with scripts/train_target.py --workdir "
-                          f"{workdir}.")
-  return root / str(steps[-1])
-
-
-def restore_model(step_dir: Path) -> tuple[Transformer, ml_collections.ConfigDict, dict]:
-  """(model with the checkpoint's params and routing state, the run's config, the checkpoint's meta)."""
-  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
-    meta = ckptr.restore(step_dir / "meta")
-  config = ml_collections.ConfigDict(meta["config"])
-  cfg = model_config(config)
-  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-  graphdef, params, frozen = nnx.split(abstract, nnx.Param, FrozenState)
-  with ocp.StandardCheckpointer() as ckptr:
-    saved = ckptr.restore(step_dir / "state")
-  return nnx.merge(graphdef, saved["params"], saved["frozen"]), config, meta
 
 
 def round_params(model: Transformer, dtype) -> Transformer:

@@ -22,6 +22,7 @@ from dsv4.data.regenerate import Sampler, regenerate
 from dsv4.data.sources import render_chat
 from dsv4.data.stream import PackedStream, tokenize_dataset
 from dsv4.data.tokenizer import train_bpe
+from dsv4.errors import TargetError
 from dsv4.io.checkpoint import CONFIG_FILE
 from dsv4.io.hf import save_pretrained
 from dsv4.model import ModelConfig, Transformer
@@ -268,7 +269,7 @@ def test_target_formats_are_told_apart_by_their_config_file(target, tmp_path):
   assert regen.read_target_config(path) == (TINY, "transformers")
   (tmp_path / CONFIG_FILE).write_text(json.dumps(TINY.to_dict()))
   assert regen.read_target_config(tmp_path) == (TINY, "dsv4")
-  with pytest.raises(DataError, match="no config.json .* or dsv4_config.json"):
+  with pytest.raises(TargetError, match="no config.json .* or dsv4_config.json"):
     regen.read_target_config(tmp_path / "..")
 
 
@@ -313,7 +314,7 @@ def test_bad_input_fails_before_compute_and_writes_nothing(target, text_run, tmp
     regenerate(path, out, split="train", prompts=src, sampler=GREEDY, log=quiet)
   with pytest.raises(DataError, match="holds no regenerated dataset"):
     regenerate(path, foreign, prompts=src, sampler=GREEDY, log=quiet)
-  with pytest.raises(DataError, match="no such directory"):
+  with pytest.raises(TargetError, match="no such directory"):
     regenerate(tmp_path / "no_target", tmp_path / "o2", prompts=src, sampler=GREEDY, log=quiet)
   assert listing(out) == before
   assert listing(foreign) == ["notes.txt"] and not (tmp_path / "o2").exists()

@@ -171,7 +171,7 @@ def test_propose_equals_naive_teacher_forced_loop(kind, taps_fn, frozen, ids):
     d = nnx.merge(graphdef, state)
     rows = lambda x: jnp.repeat(x, ANCHORS.shape[1], axis=1)  # row b·A + a holds sequence b
     ctx = d.context_kv(taps)
-    return d.propose(ContextKV(rows(ctx.k_NBSJK), rows(ctx.v_NBSJK)), frozen, anchor_BA.reshape(-1),
+    return d.propose(ContextKV(rows(ctx.k_LBSJK), rows(ctx.v_LBSJK)), frozen, anchor_BA.reshape(-1),
                      jnp.asarray(ANCHORS.reshape(-1), jnp.int32))
 
   got = propose(state, taps, frozen)
@@ -206,9 +206,9 @@ def test_context_cache_filled_in_pieces_equals_one_shot(taps_fn, frozen, ids):
   cache = ContextKV.zeros(c["num_layers"], 2, 32, c["num_key_value_heads"], c["head_dim"])
   cache = cache.write(ctx_kv(taps[:, :12], pos[:, :12]), jnp.asarray([0, 0]))
   cache = cache.write(ctx_kv(taps[:, 12:], pos[:, 12:]), jnp.asarray([12, 12]))
-  np.testing.assert_allclose(np.asarray(cache.k_NBSJK[:, :, :S]), np.asarray(whole.k_NBSJK), rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(cache.v_NBSJK[:, :, :S]), np.asarray(whole.v_NBSJK), rtol=1e-6, atol=1e-6)
-  assert not np.asarray(cache.k_NBSJK[:, :, S:]).any()
+  np.testing.assert_allclose(np.asarray(cache.k_LBSJK[:, :, :S]), np.asarray(whole.k_LBSJK), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(cache.v_LBSJK[:, :, :S]), np.asarray(whole.v_LBSJK), rtol=1e-6, atol=1e-6)
+  assert not np.asarray(cache.k_LBSJK[:, :, S:]).any()
   ctx_len = jnp.asarray([12, 20], jnp.int32)
   anchor = ids[jnp.arange(2), ctx_len]
   propose = jit_propose(drafter_of("markov"))

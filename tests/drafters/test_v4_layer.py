@@ -198,7 +198,7 @@ def test_propose_equals_teacher_forced_naive_blocks():
     d = nnx.merge(graphdef, state)
     rep = lambda x: jnp.repeat(x, ANCHORS.shape[1], axis=1)  # row b·A + a holds sequence b
     ctx = d.context_kv(taps, jnp.asarray(rows, jnp.int32))
-    return d.propose(ContextKV(rep(ctx.k_NBSJK), rep(ctx.v_NBSJK)), frozen, anchor_BA.reshape(-1),
+    return d.propose(ContextKV(rep(ctx.k_LBSJK), rep(ctx.v_LBSJK)), frozen, anchor_BA.reshape(-1),
                      jnp.asarray(ANCHORS.reshape(-1), jnp.int32))
 
   got = jax.tree.map(np.asarray, propose(state, frozen, taps))

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import dsv4
 from dsv4.configs import load_config
-from dsv4.drafters.loading import DrafterLoadError
+from dsv4.errors import TargetError
 from dsv4.model import ModelConfig, Transformer
 from dsv4.model.config import ConfigError
 from dsv4.training import distill, distill_loop, pretrain_loop
@@ -147,10 +147,10 @@ def test_load_drafter_binds_the_recorded_target_and_refuses_another(tiny_target,
     np.testing.assert_array_equal(params[k], v)
   like = lambda **changes: ModelConfig.from_mapping({**loaded.target.config.to_dict(), **changes})
   other = nnx.eval_shape(lambda: Transformer(like(vocab_size=256), rngs=nnx.Rngs(0)))
-  with pytest.raises(DrafterLoadError, match="vocab_size"):
+  with pytest.raises(TargetError, match="vocab_size"):
     dsv4.load_drafter(workdir, target=other)
   fewer = nnx.eval_shape(lambda: Transformer(like(num_hidden_layers=1, compress_ratios=(0,)), rngs=nnx.Rngs(0)))
-  with pytest.raises(DrafterLoadError, match="target_layer_ids"):
+  with pytest.raises(TargetError, match="target_layer_ids"):
     dsv4.load_drafter(workdir, target=fewer)
 
 

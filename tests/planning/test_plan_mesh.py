@@ -12,9 +12,9 @@ import jax
 from dsv4.configs import load_config, model_config
 from dsv4.model.decode import init_state
 from dsv4.model.param_count import abstract_model, count_params
-from dsv4.parallel import plan as plan_lib
 from dsv4.parallel.mesh import abstract_mesh
 from dsv4.parallel.rules import DEFAULT_RULES
+from dsv4.planning import plan as plan_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

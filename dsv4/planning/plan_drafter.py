@@ -1,4 +1,4 @@
-"""Per-device memory of a drafter in training: the drafter half of a `train_drafter` plan (dsv4.parallel.plan).
+"""Per-device memory of a drafter in training: the drafter half of a `train_drafter` plan (dsv4.planning.plan).
 
 Exact, through the rules on abstract shapes: the drafter's parameters and other variables, the optimizer's state
 (`optax` `init` on abstract parameters, sharded like the parameters as `train_drafter.py` does) and the batch
@@ -42,6 +42,7 @@ from dsv4.drafters.config import DrafterConfig
 from dsv4.model.config import ModelConfig
 from dsv4.model.layers import DTYPES
 from dsv4.parallel.rules import checked_spec, shard_bytes, state_shardings, variable_sharding
+from dsv4.planning.sizing import axes_size, fsdp_gather_bytes
 from dsv4.training.optimizer import make_optimizer
 from dsv4.training.train_state import optimizer_shardings
 
@@ -83,7 +84,6 @@ def batch_per_device(batch: int, seq: int, max_blocks: int, mesh, rules) -> int:
 def activations_per_device(dcfg: DrafterConfig, target_cfg: ModelConfig, *, batch: int, seq: int, max_blocks: int,
                            mesh, rules) -> int:
   """The module docstring's estimate, in bytes."""
-  from dsv4.parallel.plan import axes_size, fsdp_gather_bytes  # plan imports this module
   B_d = batch // axes_size("batch", rules, mesh)
   a = jnp.dtype(DTYPES[dcfg.dtype]).itemsize
   w = jnp.dtype(DTYPES[dcfg.param_dtype]).itemsize

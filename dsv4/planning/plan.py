@@ -25,7 +25,7 @@ layer); the terms are summed although they do not all coexist. Checked against X
 layer alive: base.py's 16 layers at seq 1024 measure 1.35 GB against 0.91 GB estimated).
 
 Optimizer state: serve has none; train_drafter freezes the target (none for it). Given a drafter config,
-train_drafter adds the drafter's parameters, optimizer state, batch and activations (dsv4.parallel.plan_drafter);
+train_drafter adds the drafter's parameters, optimizer state, batch and activations (dsv4.planning.plan_drafter);
 without one it counts the target alone (stated in the plan's notes).
 """
 
@@ -43,7 +43,9 @@ from dsv4.model.config import ModelConfig
 from dsv4.model.decode import init_state
 from dsv4.model.layers import DTYPES, FrozenState
 from dsv4.model.param_count import abstract_model
-from dsv4.parallel.rules import checked_spec, logical_to_spec, path_str, shard_bytes, variable_sharding
+from dsv4.parallel.rules import checked_spec, path_str, shard_bytes, variable_sharding
+from dsv4.planning.plan_drafter import drafter_plan
+from dsv4.planning.sizing import axes_size, fsdp_gather_bytes  # noqa: F401  (axes_size: part of this module's API)
 
 # Vendor capacities in decimal GB (H100's "80 GB" is 80 GiB; decimal is the conservative reading).
 DEVICES = {
@@ -100,21 +102,6 @@ def cache_per_device(cfg: ModelConfig, batch: int, max_len: int, mesh, rules) ->
   return total
 
 
-def fsdp_gather_bytes(layer_state, mesh, rules) -> tuple[int, int]:
-  """(local, gathered) bytes per device of a layer's variables: as sharded, and with their fsdp split undone
-  (expert and tensor splits kept) — what an FSDP matmul gathers."""
-  fsdp = dict(mesh.shape).get("fsdp", 1)
-  local = gathered = 0
-  for path, var in nnx.to_flat_state(layer_state):
-    value = var.get_value()
-    sharding = variable_sharding(path, var, mesh, rules)
-    n = shard_bytes(value.shape, value.dtype, sharding)
-    local += n
-    split = any("fsdp" in ((e,) if isinstance(e, str) else e or ()) for e in sharding.spec)
-    gathered += n * fsdp if split else n
-  return local, gathered
-
-
 @functools.lru_cache(maxsize=4)
 def largest_layer(cfg: ModelConfig):
   """The abstract state of the target's decoder layer with the most parameter bytes (MoE layers differ only in
@@ -123,13 +110,6 @@ def largest_layer(cfg: ModelConfig):
   size = lambda st: sum(math.prod(v.get_value().shape) * v.get_value().dtype.itemsize
                         for _, v in nnx.to_flat_state(st))
   return max((layers[i] for i in range(cfg.num_hidden_layers)), key=size)
-
-
-def axes_size(logical: str, rules, mesh) -> int:
-  """How many ways the rules split a `logical` dimension on this mesh."""
-  entry = logical_to_spec((logical,), rules)[0]
-  sizes = dict(mesh.shape)
-  return math.prod(sizes.get(a, 1) for a in ((entry,) if isinstance(entry, str) else entry or ()))
 
 
 def activations_per_device(cfg: ModelConfig, job: str, batch: int, seq: int, mesh, rules, prefill_chunk: int = 512,
@@ -175,7 +155,6 @@ def plan(cfg: ModelConfig, mesh, rules, *, job: str, device: str, batch: int, se
   act = activations_per_device(cfg, job, batch, seq, mesh, rules, prefill_chunk, taps)
   d = {"params": 0, "rest": 0, "optimizer": 0, "batch": 0, "activations": 0}
   if job == "train_drafter" and drafter is not None:
-    from dsv4.parallel.plan_drafter import drafter_plan
     dcfg, train, max_blocks = drafter
     d = drafter_plan(dcfg, cfg, train, mesh, rules, batch=batch, seq=seq, max_blocks=max_blocks)
   total = p["params"] + p["frozen"] + kv + act + sum(d.values())
@@ -186,8 +165,8 @@ def plan(cfg: ModelConfig, mesh, rules, *, job: str, device: str, batch: int, se
     notes = ["the target alone: no drafter config given (its parameters, optimizer state and activations are 0)"]
   else:
     notes = [f"drafter {drafter[0].kind}: parameters, optimizer state and batch exact; its activations an estimate "
-             "(formula in dsv4/parallel/plan_drafter.py)"]
-  notes.append("target activation_bytes is an estimate (formula in dsv4/parallel/plan.py)")
+             "(formula in dsv4/planning/plan_drafter.py)"]
+  notes.append("target activation_bytes is an estimate (formula in dsv4/planning/plan.py)")
   return {
       "bytes_per_device": int(total), "fits": bool(total <= capacity * (1 - headroom)),
       "params_bytes": int(p["params"] + p["frozen"]), "frozen_bytes": int(p["frozen"]),

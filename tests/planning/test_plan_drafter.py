@@ -16,11 +16,11 @@ from flax import nnx
 from dsv4.drafters.build import build_drafter
 from dsv4.drafters.config import DrafterConfig
 from dsv4.model.param_count import abstract_model
-from dsv4.parallel import plan_drafter
 from dsv4.parallel.mesh import make_mesh
 from dsv4.parallel.rules import DEFAULT_RULES, shard_bytes, state_shardings
+from dsv4.planning import plan_drafter
+from dsv4.planning.distill_aot import cache_features, lower_train_step, memory
 from dsv4.training import train_state
-from dsv4.training.distill_aot import cache_features, lower_train_step, memory
 from dsv4.training.optimizer import make_optimizer
 from tests.training.test_distill_step import TARGET
 

@@ -1,0 +1,131 @@
+"""Loading a target from disk: the one loader of train_drafter, regenerate, `dsv4.load_drafter` and the benchmarks.
+
+A target directory is one of (`target_format`):
+  transformers  config.json + *.safetensors: an export such as assets/targets/small (dsv4.io.hf)
+  dsv4          dsv4_config.json + state/: a dsv4 model checkpoint (dsv4.io.checkpoint)
+  workdir       a `train_target.py` workdir: the latest finished step under checkpoints/ (parameters, routing state,
+                and the run's config in its metadata)
+
+`read_target_config` reads the config alone, so every check can run before the weights are loaded; `load_target`
+loads the model. `describe` is what a drafter checkpoint records about its target, so that `dsv4.load_drafter`
+can find it again and refuse one made for something else (dsv4.io.drafter_checkpoint). Training a target that is
+not there yet is training's business (dsv4.training.target_source.ensure_target).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from dsv4.configs import model_config
+from dsv4.errors import CheckpointError, TargetError
+from dsv4.io import checkpoint, hf
+from dsv4.model.config import ModelConfig
+from dsv4.model.layers import FrozenState
+from dsv4.model.transformer import Transformer
+
+FORMATS = ("transformers", "dsv4", "workdir")
+
+
+def target_format(path: str | os.PathLike) -> str | None:
+  """One of FORMATS, or None (nothing finished there)."""
+  path = Path(path)
+  if (path / checkpoint.CONFIG_FILE).is_file():
+    return "dsv4"
+  if (path / "config.json").is_file():
+    return "transformers"
+  ckpts = path / "checkpoints"
+  if ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()):
+    return "workdir"
+  return None
+
+
+def latest_checkpoint(workdir: str | Path) -> Path:
+  """The newest finished step directory of a `train_target.py` workdir."""
+  root = Path(workdir).absolute() / "checkpoints"
+  steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+  if not steps:
+    raise CheckpointError(f"{root}: no finished checkpoint; train first with scripts/train_target.py --workdir "
+                          f"{workdir}.")
+  return root / str(steps[-1])
+
+
+def _run_config(step_dir: Path) -> tuple[ml_collections.ConfigDict, dict]:
+  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
+    meta = ckptr.restore(step_dir / "meta")
+  return ml_collections.ConfigDict(meta["config"]), meta
+
+
+def restore_model(step_dir: Path) -> tuple[Transformer, ml_collections.ConfigDict, dict]:
+  """(model with a training checkpoint's params and routing state, the run's config, the checkpoint's meta)."""
+  config, meta = _run_config(step_dir)
+  cfg = model_config(config)
+  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  graphdef, params, frozen = nnx.split(abstract, nnx.Param, FrozenState)
+  with ocp.StandardCheckpointer() as ckptr:
+    saved = ckptr.restore(step_dir / "state")
+  return nnx.merge(graphdef, saved["params"], saved["frozen"]), config, meta
+
+
+def _missing(path: Path) -> TargetError:
+  if not path.is_dir():
+    return TargetError(f"target {path}: no such directory; pass the directory of an exported target such as "
+                       "assets/targets/small")
+  return TargetError(f"target {path}: no config.json (an export in the transformers layout) or "
+                     f"{checkpoint.CONFIG_FILE} (a dsv4 model checkpoint), and no finished checkpoint under "
+                     "checkpoints/ (a train_target.py workdir); pass the directory of an exported target such as "
+                     "assets/targets/small")
+
+
+def read_target_config(path: str | os.PathLike) -> tuple[ModelConfig, str]:
+  """(ModelConfig, format) of a target directory, without loading its weights."""
+  path = Path(path)
+  fmt = target_format(path) if path.is_dir() else None
+  try:
+    if fmt == "dsv4":
+      return checkpoint.read_model_config(path), fmt
+    if fmt == "transformers":
+      return hf.read_config(path), fmt
+    if fmt == "workdir":
+      return model_config(_run_config(latest_checkpoint(path))[0]), fmt
+  except (CheckpointError, ValueError) as e:  # a broken config file: say which target
+    raise TargetError(f"target {path}: {e}") from e
+  raise _missing(path)
+
+
+def load_target(path: str | os.PathLike, fmt: str | None = None) -> Transformer:
+  """The target model at `path` (`fmt`: its format when already read by `read_target_config`)."""
+  path = Path(path)
+  fmt = fmt or (target_format(path) if path.is_dir() else None)
+  if fmt == "transformers":
+    return hf.from_pretrained(path)
+  if fmt == "dsv4":
+    return checkpoint.load_model(path)
+  if fmt == "workdir":
+    return restore_model(latest_checkpoint(path))[0]
+  raise _missing(path)
+
+
+def tokenizer_path(path: str | Path) -> Path | None:
+  """The target's tokenizer.json, if it ships one (exports do)."""
+  p = Path(path) / "tokenizer.json"
+  return p if p.is_file() else None
+
+
+def config_hash(cfg: ModelConfig) -> str:
+  return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def describe(path: str | Path, cfg: ModelConfig) -> dict:
+  """What a drafter checkpoint records about its target."""
+  return {"path": str(Path(path).absolute()), "config": cfg.to_dict(), "config_hash": config_hash(cfg)}
+
+
+__all__ = ["FORMATS", "config_hash", "describe", "latest_checkpoint", "load_target", "read_target_config",
+           "restore_model", "target_format", "tokenizer_path"]
