@@ -38,7 +38,12 @@ MIN_REPEATS = 5
 
 
 class Refused(ValueError):
-  """A result that must not be printed as a figure: impossible (a negative time) or inside the noise."""
+  """A result that must not be printed as a figure: impossible (a negative time) or inside the noise. `short` is
+  the reason in a few words, for a table cell."""
+
+  def __init__(self, message: str, short: str = "refused"):
+    super().__init__(message)
+    self.short = short
 
 
 # --- statistics --------------------------------------------------------------------------------------------
@@ -86,7 +91,8 @@ def estimate(samples, what: str = "timings") -> Estimate:
 def _positive(a: np.ndarray, what: str) -> None:
   if np.any(a <= 0):
     raise Refused(f"{what}: a time ≤ 0 ({a.min():.4g}) is impossible; not reported. Too few repetitions, or the "
-                  "machine's load changed during the run: rerun on a calm machine or with more work per call.")
+                  "machine's load changed during the run: rerun on a calm machine or with more work per call.",
+                  "impossible: a time ≤ 0")
 
 
 def ratio(num, den, what: str = "ratio") -> Estimate:
@@ -111,27 +117,29 @@ def difference(long, short, scale: float = 1.0, what: str = "difference") -> Est
     raise ValueError(f"{what}: needs as many long as short repetitions, got {a.size} and {b.size}.")
   d = (a - b) * scale
   if np.any(d <= 0):
-    raise Refused(f"{what}: the longer run was not longer in {int(np.sum(d <= 0))} of {d.size} repetitions "
+    bad = int(np.sum(d <= 0))
+    raise Refused(f"{what}: the longer run was not longer in {bad} of {d.size} repetitions "
                   f"(differences {', '.join(f'{v:.3g}' for v in d)}); a difference ≤ 0 is impossible, so it is "
-                  "not reported. The machine's load changed during the run, or the work is too small to time.")
+                  "not reported. The machine's load changed during the run, or the work is too small to time.",
+                  f"impossible: ≤ 0 in {bad} of {d.size} repetitions")
   return estimate(d, what)
 
 
 def require_effect(est: Estimate, what: str = "ratio") -> Estimate:
   """`est` if its per-pair range excludes 1 (a speedup, or a slowdown, beyond the noise); otherwise Refused."""
   if est.lo <= 1.0 <= est.hi:
-    raise Refused(f"{what}: {est.value:.3g}× lies inside the noise, per-pair ratios range {est.lo:.3g}–"
-                  f"{est.hi:.3g}, which includes 1; not reported as an effect. Rerun on a calm machine or with more "
-                  "repetitions.")
+    raise Refused(f"{what}: inside the noise: the per-pair ratios range {est.lo:.3g}–{est.hi:.3g}, which includes "
+                  "1, so no effect is reported. Rerun on a calm machine or with more repetitions.",
+                  "inside the noise: per-pair range includes 1")
   return est
 
 
-def ratio_or_refusal(num, den, what: str = "ratio") -> tuple[Estimate | None, str | None]:
-  """(Estimate, None) for an effect beyond the noise, else (None, reason): for tables that print either."""
+def ratio_or_refusal(num, den, what: str = "ratio") -> tuple[Estimate | None, Refused | None]:
+  """(Estimate, None) for an effect beyond the noise, else (None, the refusal): for tables that print either."""
   try:
     return require_effect(ratio(num, den, what), what), None
   except Refused as e:
-    return None, str(e)
+    return None, e
 
 
 # --- load and thread budget ----------------------------------------------------------------------------------
@@ -192,11 +200,13 @@ class Timings:
     """base time / new time, refused inside the noise (`require_effect`) or for impossible times."""
     return require_effect(self.ratio(base, new), f"speedup of {new} over {base}")
 
-  def difference(self, long: str, short: str, scale: float = 1.0) -> np.ndarray:
-    """Per-repetition (long − short) · scale, refused (`difference`) if any is ≤ 0; returns the samples so that
-    derived times can be paired again (`ratio(d_peer, d_ours)`)."""
-    est_what = f"({long} − {short})"
-    difference(self._get(long), self._get(short), scale, est_what)
+  def difference(self, long: str, short: str, scale: float = 1.0, what: str | None = None) -> np.ndarray | Refused:
+    """Per-repetition (long − short) · scale, or the Refused (returned, not raised, so a table prints its reason)
+    when any is ≤ 0; samples so that derived times pair again (`ratio_figure(d_peer, d_ours)`)."""
+    try:
+      difference(self._get(long), self._get(short), scale, what or f"({long} − {short})")
+    except Refused as e:
+      return e
     return (self._get(long) - self._get(short)) * scale
 
   def load_line(self) -> str:
@@ -336,11 +346,40 @@ class ProcessVariant:
 
 
 # --- tables and results.md ----------------------------------------------------------------------------------------
-def cell(est: Estimate | None, refusal: str | None = None, spec: str = ".3g", suffix: str = "") -> str:
-  """A table cell: the figure with its spread, or 'refused (…)' with the first clause of the reason."""
-  if est is None:
-    return f"refused ({(refusal or 'no result').split(';')[0]})"
-  return est.fmt(spec, suffix)
+def _refused(e: Refused) -> tuple[str, dict]:
+  return f"refused ({e.short})", {"refused": str(e)}
+
+
+def time_figure(samples: np.ndarray | Refused, scale: float = 1.0, spec: str = ".4g") -> tuple[str, dict]:
+  """(table cell, JSON dict) of a time: median (min–max, IQR) of samples · scale, or the refusal's reason."""
+  if isinstance(samples, Refused):
+    return _refused(samples)
+  est = estimate(np.asarray(samples) * scale)
+  return est.fmt(spec), est.to_dict()
+
+
+def ratio_figure(num: np.ndarray | Refused, den: np.ndarray | Refused, what: str = "ratio",
+                 spec: str = ".3g") -> tuple[str, dict]:
+  """(table cell, JSON dict) of num / den: ratio of medians with the per-pair spread, or 'refused (…)' when an
+  input was refused, a time is ≤ 0, or the per-pair range includes 1."""
+  for x in (num, den):
+    if isinstance(x, Refused):
+      return _refused(Refused(f"{what}: {x}", x.short))
+  est, refusal = ratio_or_refusal(num, den, what)
+  return _refused(refusal) if est is None else (est.fmt(spec, "×"), est.to_dict())
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  """Markdown lines of a table with `header` and string cells."""
+  if any(len(r) != len(header) for r in rows):
+    raise ValueError(f"markdown_table: every row needs {len(header)} cells.")
+  return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def load_mode(recording: bool, allow_load: bool) -> str:
+  """`time_interleaved`'s on_high_load for a script: refuse a busy machine when recording results (unless
+  --allow_load), warn otherwise."""
+  return "refuse" if recording and not allow_load else "warn"
 
 
 def write_results(out_dir: str | Path, script: str, argv, intro: str, table: list[str], result: dict,
