@@ -10,7 +10,8 @@ On a shared machine, load comes and goes while it runs, so:
 - a difference (per-token time = (T_long − T_short) / (N − 1)) is taken per repetition; a difference that is
   ≤ 0 in any repetition is **impossible** and refused (`Refused`), never printed as a figure;
 - an effect is only claimed when it is outside the noise: `require_effect` refuses a ratio whose per-pair range
-  includes 1 (B faster than A by less than the repetitions disagree with each other);
+  includes 1 (B faster than A by less than the repetitions disagree with each other). Every pair must agree on
+  the direction: a sign test, p = 2^(1−n) two-sided for n pairs (0.06 at 5, 0.016 at 7);
 - the machine's load average (`os.getloadavg`) is recorded at start and end; `time_interleaved` refuses to start
   (or warns) when the 1-minute load is above `high_load()` (¾ of this process's cores).
 

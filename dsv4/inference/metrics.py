@@ -28,12 +28,12 @@ Definitions:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from dsv4.benchmarking import Estimate, Refused, Timings
+from dsv4.benchmarking import MIN_REPEATS, Estimate, Refused, Timings, time_interleaved
 
 
 def _rounds_array(x, name: str) -> np.ndarray:
@@ -156,6 +156,15 @@ def speedup(timings: Timings, ar: str = "ar", speculative: str = "speculative") 
   {ar: …, speculative: …} on identical prompts, lengths and seeds): ratio of medians with the per-pair spread.
   Raises `dsv4.benchmarking.Refused` inside the noise or for an impossible (≤ 0) time."""
   return timings.speedup(ar, speculative)
+
+
+def measure_speedup(ar: Callable[[], object], speculative: Callable[[], object], repeats: int = MIN_REPEATS,
+                    **timing_kw) -> tuple[Estimate, Timings]:
+  """Times `ar` and `speculative` (no-argument callables decoding identical prompts, lengths and seeds) interleaved
+  through `dsv4.benchmarking.time_interleaved` (warm-up first; `timing_kw` passes on_high_load, warmup, …) and
+  returns (speedup, timings); raises Refused inside the noise or for an impossible time."""
+  timings = time_interleaved({"ar": ar, "speculative": speculative}, repeats, **timing_kw)
+  return speedup(timings), timings
 
 
 def _median(x) -> float:

@@ -127,6 +127,23 @@ def test_speedup_and_loop_efficiency():
   assert M.tokens_per_second(64, 0.5) == pytest.approx(128.0)
 
 
+def test_measure_speedup_times_both_interleaved():
+  """A fake clock that each call advances by its variant's cost: AR 3 s, speculative 1 s, then 1.5 s."""
+  now, order = [0.0], []
+
+  def costs(name, seconds):
+    def run():
+      order.append(name)
+      now[0] += seconds
+    return run
+
+  sp, t = M.measure_speedup(costs("ar", 3.0), costs("spec", 1.0), repeats=5, clock=lambda: now[0],
+                            on_high_load="ignore")
+  assert order == ["ar", "spec"] * 6 and sp.value == pytest.approx(3.0) and (sp.lo, sp.hi) == (3.0, 3.0)
+  with pytest.raises(Refused, match="inside the noise"):  # equal costs: no effect to claim
+    M.measure_speedup(costs("ar", 1.0), costs("spec", 1.0), clock=lambda: now[0], on_high_load="ignore")
+
+
 def test_time_split():
   split = M.time_split(0.030, 0.005, 0.020)
   assert split["other"] == pytest.approx(0.005) and split["draft_frac"] == pytest.approx(1 / 6)
