@@ -383,6 +383,17 @@ def load_mode(recording: bool, allow_load: bool) -> str:
   return "refuse" if recording and not allow_load else "warn"
 
 
+def run_or_refuse(main: Callable, argv=None):
+  """Runs a benchmark script's `main(argv)`; a Refused result (a busy machine when recording, an impossible time)
+  ends it with the reason on stderr, a final JSON line {"refused": reason} and exit status 2."""
+  try:
+    return main(argv)
+  except Refused as e:
+    print(f"refused: {e}", file=sys.stderr)
+    print(json.dumps({"refused": str(e)}))
+    sys.exit(2)
+
+
 def write_results(out_dir: str | Path, script: str, argv, intro: str, table: list[str], result: dict,
                   extra: str = "") -> Path:
   """Writes OUT_DIR/results.md: the exact command, what was measured, the table and the final JSON."""

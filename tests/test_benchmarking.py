@@ -2,6 +2,7 @@
 differences, acceptance of a clear effect), and one real interleaved timing of two sleeping callables."""
 
 import functools
+import json
 import time
 
 import numpy as np
@@ -119,3 +120,14 @@ def test_a_peer_in_its_own_process_times_itself():
     t = bm.time_interleaved({"here": lambda: time.sleep(0.005), "there": peer}, repeats=5, on_high_load="ignore")
   assert t.order == ["here", "there"] * 5
   assert np.all(t.samples["there"] >= 0.02)  # timed in the peer's process, around its own sleep
+
+
+def test_a_refused_script_ends_with_its_reason_and_status_2(capsys):
+  def main(argv):
+    bm.check_load("refuse", limit=-1.0)
+
+  with pytest.raises(SystemExit) as exit_info:
+    bm.run_or_refuse(main, [])
+  assert exit_info.value.code == 2
+  out, err = capsys.readouterr()
+  assert "busy" in err and json.loads(out.strip().splitlines()[-1])["refused"].startswith("the machine is busy")
