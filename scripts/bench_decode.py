@@ -100,7 +100,7 @@ def main(argv=None):
   table = bm.markdown_table(("measure", "dsv4", "transformers", "transformers / dsv4"), rows)
   match = sum(a == b for a, b in zip(ours_tokens, theirs_tokens, strict=False))
   result["greedy_tokens_matching"] = f"{match}/{N}"
-  print("\n".join(table))
+  print("\n".join(table) + "\n" + timings.load_line())
   if args.out:
     result["results_md"] = str(bm.write_results(
         args.out, "scripts/bench_decode.py", argv,

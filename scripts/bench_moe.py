@@ -84,6 +84,7 @@ def main(argv=None):
     timings = bm.time_interleaved({f"{i} {ps}": (lambda f=fn, x=x: f(params, x)) for (i, ps), fn in fns.items()},
                                   args.repeats, on_high_load=bm.load_mode(bool(args.out), args.allow_load))
     loads.append(f"{T} tokens: {timings.load_line()}")
+    result.setdefault("load", {})[str(T)] = {k: v for k, v in timings.to_dict().items() if k.startswith("load")}
     ms = {key: 1e3 * timings.samples[f"{key[0]} {key[1]}"] for key in fns}
     ys = {impl: np.asarray(fns[impl, "fwd"](params, x)) for impl in PATHS}
     _, idx_TK, _ = moe.route(x.reshape(T, D))
@@ -105,7 +106,7 @@ def main(argv=None):
                    *(bm.ratio_figure(ms[other, ps], ms["tiled", ps], other)[0] for other in ("ragged_dot", "dense"))))
   table = bm.markdown_table(("tokens", "pass", "dense (ms)", "ragged_dot (ms)", "tiled (ms)", "tiled vs ragged_dot",
                              "tiled vs dense"), rows)
-  print("\n".join(table))
+  print("\n".join(table) + "\n" + "\n".join(loads))
   if args.out:
     path = bm.write_results(
         args.out, "scripts/bench_moe.py", argv,

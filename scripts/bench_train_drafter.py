@@ -111,7 +111,7 @@ def main(argv=None):
             "online_step_bytes": on["peak_bytes"], "offline_step_bytes": off["peak_bytes"],
             "online_over_offline_time": time_ratio[1], "bytes_per_token": bpt,
             "loss_after": {"online": on["loss"], "offline": off["loss"]}}
-  print("\n".join(table))
+  print("\n".join(table) + "\n" + timings.load_line())
   if args.out:
     bm.write_results(args.out, "scripts/bench_train_drafter.py", argv,
                      f"One {dcfg.kind} training step (batch {t.batch_size} × {d.seq_len} tokens, "
