@@ -3,35 +3,32 @@
   python scripts/bench_train_drafter.py --config configs/drafter/dspark_small.py [--out experiments/bench_train_drafter]
 
 Both steps train the same drafter from the same state on the same packed batch and anchors; the online step runs
-the frozen target inside, the offline step reads its features (bf16, as the cache stores them). Each is timed
-after a compile warm-up, median of --repeats steps, in one process. Memory is XLA's own accounting of the compiled
-step (`memory_analysis()`: arguments + outputs + temporaries − aliased donations), per device. Prints a table and a
-final JSON line with tokens/s of each mode and `online_over_offline_time`.
+the frozen target inside, the offline step reads its features (bf16, as the cache stores them). The two steps are
+timed interleaved (online, offline, online, …) through `dsv4.benchmarking` after a compile warm-up, each mode
+carrying its own training state, in one process; each figure is the median (min–max, IQR) of --repeats steps, and
+the ratio is the ratio of medians with the spread of the per-repetition ratios (refused inside the noise). Memory is
+XLA's own accounting of the compiled step (`memory_analysis()`: arguments + outputs + temporaries − aliased
+donations), per device. Prints a table and a final JSON line with tokens/s of each mode and
+`online_over_offline_time` ({median, min, max, q1, q3, n} or {refused: reason}).
 """
 
 import argparse
 import json
-import statistics
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from dsv4.benchmarking import write_results  # noqa: E402
-from dsv4.configs import load_config  # noqa: E402
-from dsv4.data.anchors import batch_anchors  # noqa: E402
-from dsv4.drafters.build import build_drafter  # noqa: E402
-from dsv4.training import data_setup, distill, feature_cache, train_state  # noqa: E402
-from dsv4.training.distill_config import drafter_config  # noqa: E402
-from dsv4.training.optimizer import learning_rate, make_optimizer  # noqa: E402
-from dsv4.training.target_source import load_target, tokenizer_path  # noqa: E402
+from dsv4 import benchmarking as bm
+from dsv4.configs import load_config
+from dsv4.data.anchors import batch_anchors
+from dsv4.drafters.build import build_drafter
+from dsv4.training import data_setup, distill, feature_cache, train_state
+from dsv4.training.distill_config import drafter_config
+from dsv4.training.optimizer import learning_rate, make_optimizer
+from dsv4.training.target_source import load_target, tokenizer_path
 
 
 def peak_bytes(compiled) -> int:
@@ -43,10 +40,11 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default="configs/drafter/dspark_small.py")
   p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--allow_load", action="store_true", help="record results even on a busy machine")
   p.add_argument("--out", default=None, help="folder to write results.md into")
   args = p.parse_args(argv)
-  if args.repeats < 3:
-    p.error("--repeats must be ≥ 3 (the metric is a median of ≥ 3 steps)")
+  if args.repeats < bm.MIN_REPEATS:
+    p.error(f"--repeats must be ≥ {bm.MIN_REPEATS} (a median with its spread)")
 
   config = load_config(args.config)
   dcfg, t, d = drafter_config(config), config.train, config.data
@@ -70,7 +68,7 @@ def main(argv=None):
       target_arrays, {k: jnp.asarray(rows[k]) for k in distill.ROW_FIELDS})
   cached = {k: np.asarray(v).astype(ml_dtypes.bfloat16) for k, v in feats.items()}
 
-  results = {}
+  steps, results = {}, {}
   for mode in ("online", "offline"):
     loss_fn = distill.make_loss_fn(graphdef, dcfg, names, tgd, target.config, mode, t.moe_impl or None)
     step = distill.make_train_step(loss_fn, optimizer, schedule)
@@ -78,43 +76,51 @@ def main(argv=None):
     fresh = lambda: {"params": jax.tree.map(jnp.copy, params), "rest": rest, "opt": optimizer.init(params),
                      "step": jnp.zeros((), jnp.int32)}
     compiled = step.lower(fresh(), target_arrays, inputs).compile()
-    state = fresh()
-    state, sums = compiled(state, target_arrays, inputs)  # warm-up
-    times = []
-    for _ in range(args.repeats):
-      t0 = time.perf_counter()
-      state, sums = compiled(state, target_arrays, inputs)
-      jax.block_until_ready(sums)
-      times.append(time.perf_counter() - t0)
-    results[mode] = {"step_s": statistics.median(times), "peak_bytes": peak_bytes(compiled),
-                     "loss": float(sums["loss"] / sums["weight"])}
+    box = {"state": fresh(), "sums": None}  # each mode trains its own state; the step donates it
+
+    def run(compiled=compiled, inputs=inputs, box=box):
+      box["state"], box["sums"] = compiled(box["state"], target_arrays, inputs)
+      return box["sums"]
+    steps[mode] = run
+    results[mode] = {"peak_bytes": peak_bytes(compiled), "box": box}
+  timings = bm.time_interleaved(steps, args.repeats, on_high_load=bm.load_mode(bool(args.out), args.allow_load))
+  for r in results.values():
+    sums = r.pop("box")["sums"]
+    r["loss"] = float(sums["loss"] / sums["weight"])
 
   on, off = results["online"], results["offline"]
+  s_on, s_off = timings.samples["online"], timings.samples["offline"]
   bpt = feature_cache.bytes_per_token(target.config.hidden_size, dcfg.num_taps, names, "bfloat16",
                                       target.config.hc_mult)
-  table = ["| measure | online features | offline cache (bf16) | online / offline |", "| --- | --- | --- | --- |",
-           f"| step time (s) | {on['step_s']:.3f} | {off['step_s']:.3f} | {on['step_s'] / off['step_s']:.2f}× |",
-           f"| tokens/s | {tokens / on['step_s']:.0f} | {tokens / off['step_s']:.0f} | "
-           f"{off['step_s'] / on['step_s']:.2f}× |",
-           f"| step memory (MiB, XLA) | {on['peak_bytes'] / 2**20:.1f} | {off['peak_bytes'] / 2**20:.1f} | "
-           f"{on['peak_bytes'] / off['peak_bytes']:.2f}× |",
-           f"| bytes read per token | {bpt['online']} | {bpt['offline']} | {bpt['online'] / bpt['offline']:.3f}× |"]
+  step_cells = [bm.time_figure(x) for x in (s_on, s_off)]
+  tps_cells = [bm.time_figure(tokens / x, spec=".4g") for x in (s_on, s_off)]
+  time_ratio = bm.ratio_figure(s_on, s_off, "online / offline step time")
+  tps_ratio = bm.ratio_figure(s_off, s_on, "online / offline tokens/s")
+  table = bm.markdown_table(("measure", "online features", "offline cache (bf16)", "online / offline"), [
+      ("step time (s)", step_cells[0][0], step_cells[1][0], time_ratio[0]),
+      ("tokens/s", tps_cells[0][0], tps_cells[1][0], tps_ratio[0]),
+      ("step memory (MiB, XLA)", f"{on['peak_bytes'] / 2**20:.1f}", f"{off['peak_bytes'] / 2**20:.1f}",
+       f"{on['peak_bytes'] / off['peak_bytes']:.2f}×"),
+      ("bytes read per token", f"{bpt['online']}", f"{bpt['offline']}", f"{bpt['online'] / bpt['offline']:.3f}×")])
   result = {"config": args.config, "kind": dcfg.kind, "batch_size": t.batch_size, "seq_len": d.seq_len,
             "tokens_per_step": tokens, "blocks_per_step": int(batch["keep"].sum()), "block_size": dcfg.block_size,
             "repeats": args.repeats, "devices": jax.device_count(),
-            "online_tokens_per_s": round(tokens / on["step_s"], 1),
-            "offline_tokens_per_s": round(tokens / off["step_s"], 1),
+            **{k: v for k, v in timings.to_dict().items() if k != "seconds"},
+            "online_step_s": step_cells[0][1], "offline_step_s": step_cells[1][1],
+            "online_tokens_per_s": tps_cells[0][1], "offline_tokens_per_s": tps_cells[1][1],
             "online_step_bytes": on["peak_bytes"], "offline_step_bytes": off["peak_bytes"],
-            "online_over_offline_time": round(on["step_s"] / off["step_s"], 3),
-            "bytes_per_token": bpt}
-  print("\n".join(table))
+            "online_over_offline_time": time_ratio[1], "bytes_per_token": bpt,
+            "loss_after": {"online": on["loss"], "offline": off["loss"]}}
+  print("\n".join(table) + "\n" + timings.load_line())
   if args.out:
-    write_results(args.out, "scripts/bench_train_drafter.py", argv,
-                  f"One {dcfg.kind} training step (batch {t.batch_size} × {d.seq_len} tokens, "
-                  f"{result['blocks_per_step']} blocks of {dcfg.block_size}) from the same state, batch and anchors; "
-                  f"median of {args.repeats} steps after warm-up, one process, CPU.", table, result)
+    bm.write_results(args.out, "scripts/bench_train_drafter.py", argv,
+                     f"One {dcfg.kind} training step (batch {t.batch_size} × {d.seq_len} tokens, "
+                     f"{result['blocks_per_step']} blocks of {dcfg.block_size}) from the same state, batch and "
+                     f"anchors; each cell is the median (min–max, IQR) of {args.repeats} steps after warm-up, the two "
+                     "modes interleaved, one process, CPU; the ratio is the ratio of medians with the spread of the "
+                     "per-repetition ratios, refused inside the noise.\n\n" + timings.load_line(), table, result)
   print(json.dumps(result))
 
 
 if __name__ == "__main__":
-  main()
+  bm.run_or_refuse(main)
