@@ -208,7 +208,8 @@ def load_prompts(source: str, split: str, tokenizer, *, num_prompts: int, prompt
 
 def read_target_config(target: str | os.PathLike):
   """(ModelConfig, format) of a target directory without loading its weights."""
-  from dsv4.io import checkpoint, hf
+  from dsv4.io import checkpoint
+  from dsv4.model import family
   path = Path(target)
   if not path.is_dir():
     raise DataError(f"target {path}: no such directory; pass the directory of an exported target such as "
@@ -217,7 +218,7 @@ def read_target_config(target: str | os.PathLike):
     if (path / checkpoint.CONFIG_FILE).is_file():
       return checkpoint.read_model_config(path), "dsv4"
     if (path / "config.json").is_file():
-      return hf.read_config(path), "transformers"
+      return family.read_config(path), "transformers"
   except ValueError as e:  # CheckpointError / ConfigError: a broken config file
     raise DataError(f"target {path}: {e}") from e
   raise DataError(f"target {path}: no config.json (transformers layout) or {checkpoint.CONFIG_FILE} (dsv4 "
@@ -225,8 +226,9 @@ def read_target_config(target: str | os.PathLike):
 
 
 def load_target(target: str | os.PathLike, fmt: str):
-  from dsv4.io import checkpoint, hf
-  return checkpoint.load_model(target) if fmt == "dsv4" else hf.from_pretrained(target)
+  from dsv4.io import checkpoint
+  from dsv4.model import family
+  return checkpoint.load_model(target) if fmt == "dsv4" else family.from_pretrained(target)
 
 
 def _sha256_file(path: Path) -> str:

@@ -44,8 +44,8 @@ N_BINS = 20
 
 
 def frozen_target(target: dict, target_cfg) -> FrozenTarget:
-  """The target's embedding and LM head out of its params pure dict."""
-  return FrozenTarget(target["params"]["embed"], target["params"]["lm_head"], DTYPES[target_cfg.dtype])
+  """The target's embedding and LM head out of its params pure dict (no `lm_head`: tied to the embedding)."""
+  return FrozenTarget(target["params"]["embed"], target["params"].get("lm_head"), DTYPES[target_cfg.dtype])
 
 
 def online_features(target_graphdef, target: dict, batch: dict, tap_layers: tuple[int, ...],

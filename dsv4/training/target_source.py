@@ -38,7 +38,7 @@ def load_target(path: str | Path) -> Transformer:
   path = Path(path)
   kind = kind_of(path) if path.is_dir() else None
   if kind == "export":
-    from dsv4.io.hf import from_pretrained
+    from dsv4.model.family import from_pretrained
     return from_pretrained(path)
   if kind == "model":
     from dsv4.io.checkpoint import load_model
