@@ -91,8 +91,9 @@ def _outputs(drafter, feats: TargetFeatures, frozen: FrozenTarget, batch: dict, 
 
 def drafter_target_config(target_cfg, moe_impl: str | None):
   """The target config a drafter is built against: its MoE layers copy the target's routing conventions, and
-  config.train.moe_impl (when set) picks their expert path."""
-  return target_cfg.replace(moe_impl=moe_impl) if moe_impl else target_cfg
+  config.train.moe_impl (when set) picks their expert path. A target without experts (dense) has no such field
+  and comes back as it is."""
+  return target_cfg.replace(moe_impl=moe_impl) if moe_impl and hasattr(target_cfg, "moe_impl") else target_cfg
 
 
 def _routed_moes(drafter) -> tuple:
