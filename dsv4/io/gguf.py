@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -231,46 +230,68 @@ def check_tensors(reader, path: str) -> None:
                     "name map (dsv4.io.gguf); this GGUF holds parts the dense family does not model.")
 
 
-def iter_tensors(reader, config: dict, path: str) -> Iterator[tuple[str, np.ndarray]]:
-  """(transformers name, float32 array in transformers' layout), one tensor dequantised at a time."""
-  permute = config["model_type"] in _PERMUTED_QK
-  for t in reader.tensors:
-    values = gguf_quant.dequantize(np.asarray(t.data), int(t.tensor_type), int(t.n_elements))
-    shape = tuple(int(s) for s in reversed(t.shape.tolist()))
-    arr = values.reshape(shape)
+class GGUFFile:
+  """An opened, checked GGUF: its transformers config, tensor shapes, and each tensor dequantised on request.
+
+  Opening checks the whole file (length, architecture, metadata, tensor types and names) before any compute;
+  `get` dequantises one tensor (float32, transformers' layout, finite values checked), so a loader that asks
+  for tensors one by one never holds more than one dequantised tensor beyond the model it builds.
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = str(path)
+    self.reader = open_reader(path)
+    meta = metadata(self.reader)
+    if "tokenizer.ggml.tokens" in self.reader.fields:
+      meta["tokenizer.ggml.tokens.count"] = len(self.reader.fields["tokenizer.ggml.tokens"].data)
+    self.metadata = meta
+    self.config = config_dict(meta, [t.name for t in self.reader.tensors], self.path)
+    check_tensors(self.reader, self.path)
+    self._by_name = {hf_name(t.name): t for t in self.reader.tensors}
+
+  def keys(self) -> list[str]:
+    return list(self._by_name)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in reversed(self._by_name[name].shape.tolist()))  # ggml lists the fastest dim first
+
+  def get(self, name: str) -> np.ndarray:
+    t = self._by_name[name]
+    arr = gguf_quant.dequantize(np.asarray(t.data), int(t.tensor_type), int(t.n_elements)).reshape(self.shape(name))
     if not np.isfinite(arr).all():
       n_bad = int((~np.isfinite(arr)).sum())
-      raise GGUFError(f"{path}: tensor {t.name} has {n_bad} non-finite value(s) (NaN/inf); the file is corrupt.")
-    if permute and (".attn_q." in t.name or ".attn_k." in t.name):
-      heads = config["num_attention_heads"] if ".attn_q." in t.name else config["num_key_value_heads"]
+      raise GGUFError(f"{self.path}: tensor {t.name} has {n_bad} non-finite value(s) (NaN/inf); the file is corrupt.")
+    if self.config["model_type"] in _PERMUTED_QK and (".attn_q." in t.name or ".attn_k." in t.name):
+      heads = self.config["num_attention_heads" if ".attn_q." in t.name else "num_key_value_heads"]
       arr = unpermute_qk(arr, heads)
-    yield hf_name(t.name), arr
+    return arr
+
+  def tokenizer(self):
+    """dsv4.io.gguf_tokenizer.GGUFTokenizer, or None when the file carries no tokenizer metadata."""
+    from dsv4.io.gguf_tokenizer import tokenizer_from_reader
+    return tokenizer_from_reader(self.reader, self.path) if "tokenizer.ggml.tokens" in self.reader.fields else None
 
 
 def load_gguf(path: str | os.PathLike):
   """(config dict, {transformers name: float32 ndarray}, tokenizer) for a GGUF file.
 
   The tokenizer is a dsv4.io.gguf_tokenizer.GGUFTokenizer, or None when the file carries no tokenizer metadata.
-  Everything about the file is checked before the first tensor is dequantised.
+  Everything about the file is checked before the first tensor is dequantised; tensors are dequantised one at a
+  time and all returned (use `GGUFFile` directly to build a model without holding them all).
   """
-  from dsv4.io.gguf_tokenizer import tokenizer_from_reader
-  path = str(path)
-  reader = open_reader(path)
-  meta = metadata(reader)
-  if "tokenizer.ggml.tokens" in reader.fields:
-    meta["tokenizer.ggml.tokens.count"] = len(reader.fields["tokenizer.ggml.tokens"].data)
-  names = [t.name for t in reader.tensors]
-  config = config_dict(meta, names, path)
-  check_tensors(reader, path)
-  tokenizer = tokenizer_from_reader(reader, path) if "tokenizer.ggml.tokens" in reader.fields else None
-  tensors = dict(iter_tensors(reader, config, path))
-  return config, tensors, tokenizer
+  f = GGUFFile(path)
+  tokenizer = f.tokenizer()
+  return f.config, {name: f.get(name) for name in f.keys()}, tokenizer
 
 
 def from_pretrained(path_or_name: str | os.PathLike, dtype: str = "float32", shardings=None, **overrides):
-  """A dense target from a .gguf file or a known model name (dsv4.io.gguf_models), weights dequantised to `dtype`."""
-  from dsv4.io.dense_hf import dense_from_hf_tensors
+  """A dense target from a .gguf file or a known model name (dsv4.io.gguf_models), weights dequantised to `dtype`
+  one tensor at a time and, with `shardings(path, abstract_variable)`, placed on their devices as they are read."""
+  from dsv4.io.dense_hf import check_tensors as check_model_tensors
+  from dsv4.io.dense_hf import dense_from_get
   from dsv4.io.gguf_models import resolve
-  path = resolve(path_or_name)
-  config, tensors, _ = load_gguf(path)
-  return dense_from_hf_tensors(config, tensors, dtype=dtype, where=str(path), shardings=shardings, **overrides)
+  from dsv4.model.dense_config import dense_config_from_hf
+  f = GGUFFile(resolve(path_or_name))
+  cfg = dense_config_from_hf(f.config, f.path, **{"dtype": dtype, "param_dtype": dtype, **overrides})
+  check_model_tensors(cfg, {n: f.shape(n) for n in f.keys()}, f.path)
+  return dense_from_get(cfg, f.get, shardings)

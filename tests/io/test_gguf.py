@@ -163,3 +163,23 @@ def test_unknown_name_and_missing_file(tmp_path):
   with pytest.raises(ModelNotFoundError, match="no such GGUF file"):
     dsv4.from_pretrained(tmp_path / "absent.gguf")
 
+
+
+def test_sharded_streaming_load(tiny_files):
+  """With a rules sharding function each tensor lands on its devices as it is dequantised, equal to a plain load."""
+  from flax import nnx
+
+  from dsv4.parallel.mesh import make_mesh
+  from dsv4.parallel.rules import DEFAULT_RULES, shardings_fn, state_shardings
+  path, _ = tiny_files[False]
+  mesh = make_mesh({"fsdp": 2, "expert": 2, "tensor": 2})
+  model = gguf_io.from_pretrained(path, shardings=shardings_fn(mesh, DEFAULT_RULES))
+  plain = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(gguf_io.from_pretrained(path)))}
+  expected = {p: s.get_value() for p, s in nnx.to_flat_state(state_shardings(model, mesh, DEFAULT_RULES))}
+  sharded = 0
+  for p, var in nnx.to_flat_state(nnx.state(model)):
+    value = var.get_value()
+    assert value.sharding == expected[p], p
+    np.testing.assert_array_equal(np.asarray(value), plain[p], err_msg=str(p))
+    sharded += not value.sharding.is_fully_replicated
+  assert sharded >= 10
