@@ -27,6 +27,7 @@ class Family:
   name: str
   model_types: tuple[str, ...]
   config_from_hf: Callable[..., Any]                    # (config.json dict, where, **overrides) -> config
+  config_from_mapping: Callable[..., Any]               # (our own to_dict() output, where) -> config
   build: Callable[[Any, int], nnx.Module]               # (config, seed) -> randomly initialised model
   load_dir: Callable[..., nnx.Module]                   # (path, **config_overrides) -> model
   count_params: Callable[[nnx.Module], dict]            # built (real or abstract) model -> counts
@@ -40,6 +41,16 @@ def _v4_config(d, where, **overrides):
 def _dense_config(d, where, **overrides):
   from dsv4.model.dense_config import dense_config_from_hf
   return dense_config_from_hf(d, where, **overrides)
+
+
+def _v4_mapping(values, where):
+  from dsv4.model.config import ModelConfig
+  return ModelConfig.from_mapping(values, where)
+
+
+def _dense_mapping(values, where):
+  from dsv4.model.dense_config import DenseConfig
+  return DenseConfig.from_mapping(values, where)
 
 
 def _v4_build(cfg, seed: int):
@@ -73,8 +84,9 @@ def _dense_count(model):
 
 
 FAMILIES = (
-    Family("deepseek_v4", ("deepseek_v4",), _v4_config, _v4_build, _v4_load, _v4_count),
-    Family("dense", ("llama", "qwen2", "qwen3"), _dense_config, _dense_build, _dense_load, _dense_count),
+    Family("deepseek_v4", ("deepseek_v4",), _v4_config, _v4_mapping, _v4_build, _v4_load, _v4_count),
+    Family("dense", ("llama", "qwen2", "qwen3"), _dense_config, _dense_mapping, _dense_build, _dense_load,
+           _dense_count),
 )
 MODEL_TYPES = tuple(t for f in FAMILIES for t in f.model_types)
 
@@ -88,13 +100,29 @@ def family_for_model_type(model_type: str | None, where: str = "config.json") ->
   raise ConfigError(f"{where}: `model_type` is {model_type!r}; dsv4 loads {', '.join(MODEL_TYPES)}.")
 
 
-def family_of(config) -> Family:
-  """The family of a built config (its `family` class attribute)."""
-  name = getattr(config, "family", None)
+def family_named(name: str, where: str = "config") -> Family:
   for family in FAMILIES:
     if family.name == name:
       return family
-  raise ConfigError(f"{type(config).__name__}: no target family {name!r}; known: {[f.name for f in FAMILIES]}.")
+  raise ConfigError(f"{where}: no target family {name!r}; known: {[f.name for f in FAMILIES]}.")
+
+
+def family_of(config) -> Family:
+  """The family of a built config (its `family` class attribute)."""
+  return family_named(getattr(config, "family", None), type(config).__name__)
+
+
+def config_from_mapping(values, where: str = "model config"):
+  """A config from our own serialised form (`to_dict()`, plus `family` for any family but deepseek_v4, whose
+  files predate the key)."""
+  values = dict(values)
+  return family_named(values.pop("family", "deepseek_v4"), where).config_from_mapping(values, where)
+
+
+def config_to_mapping(config) -> dict:
+  """`config.to_dict()`, with `family` recorded unless it is deepseek_v4 (so V4 files stay as they were)."""
+  d = config.to_dict()
+  return d if config.family == "deepseek_v4" else {"family": config.family, **d}
 
 
 def build_model(config, seed: int = 0) -> nnx.Module:

@@ -108,6 +108,17 @@ def test_hf_tensors_round_trip_and_save_pretrained(tmp_path):
   assert bf16.layers[0].input_layernorm.weight[...].dtype == jnp.float32
 
 
+def test_orbax_checkpoint_records_the_family(tmp_path):
+  from dsv4.io.checkpoint import load_model, save_model
+  model = tiny(model_type="qwen3")
+  save_model(model, tmp_path / "ckpt")
+  assert json.loads((tmp_path / "ckpt" / "dsv4_config.json").read_text())["family"] == "dense"
+  again = load_model(tmp_path / "ckpt")
+  assert isinstance(again, DenseTransformer) and again.config == model.config
+  ids = jnp.asarray([[3, 9, 27, 4]])
+  np.testing.assert_array_equal(np.asarray(again(ids)), np.asarray(model(ids)))
+
+
 def test_unknown_model_type_lists_the_supported_ones(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({**HF, "model_type": "mistral"}))
   with pytest.raises(ConfigError, match=r"model_type.*'mistral'.*deepseek_v4, llama, qwen2, qwen3"):
