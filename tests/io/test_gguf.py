@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
-from transformers import LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 import dsv4
 from dsv4.io import gguf as gguf_io
 from dsv4.io.gguf_models import ModelNotFoundError, WheelModel, locate, resolve
-from tests.io.gguf_fixtures import llama_cpp_permute, random_blocks, tiny_llama, write_llama_gguf
+from tests.io.gguf_fixtures import llama_cpp_permute, random_blocks, tiny_llama, tiny_model, write_llama_gguf
 
 
 @pytest.mark.parametrize("heads,head_dim,cols", [(4, 8, 16), (3, 64, 5), (2, 4, None)])
@@ -59,21 +59,26 @@ def test_names_map_to_transformers():
   assert gguf_io.hf_name("blk.0.unknown.weight") is None
 
 
+# (architecture, tied head): llama untied and tied; Qwen2 (q/k/v biases, no permutation); Qwen3 (q/k norms).
+KINDS = {"llama": ("llama", False), "llama_tied": ("llama", True), "qwen2": ("qwen2", False), "qwen3": ("qwen3", True)}
+
+
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
   d = tmp_path_factory.mktemp("gguf")
   out = {}
-  for tie in (False, True):
-    model = tiny_llama(seed=int(tie), tie=tie)
-    write_llama_gguf(d / f"tied{int(tie)}.gguf", model)
-    out[tie] = (d / f"tied{int(tie)}.gguf", model)
+  for key, (kind, tie) in KINDS.items():
+    model = tiny_model(kind, seed=len(out), tie=tie)
+    write_llama_gguf(d / f"{key}.gguf", model)
+    out[key] = (d / f"{key}.gguf", model)
   return out
 
 
-@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
-def test_logits_match_transformers_gguf_loader(tiny_files, tie):
-  path, _ = tiny_files[tie]
-  ref_model = LlamaForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+@pytest.mark.parametrize("key", list(KINDS))
+def test_logits_match_transformers_gguf_loader(tiny_files, key):
+  path, _ = tiny_files[key]
+  ref_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+  assert ref_model.config.model_type == KINDS[key][0]
   ours = dsv4.from_pretrained(path)
   ids = np.random.default_rng(2).integers(0, 96, (2, 33))
   with torch.no_grad():
@@ -83,7 +88,7 @@ def test_logits_match_transformers_gguf_loader(tiny_files, tie):
 
 
 def test_config_and_tensors(tiny_files):
-  path, model = tiny_files[True]
+  path, model = tiny_files["llama_tied"]
   config, tensors, tokenizer = gguf_io.load_gguf(path)
   c = model.config
   for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -124,7 +129,7 @@ def test_unsupported_quantisation_names_tensor_and_type(tmp_path):
 
 
 def test_truncated_file_is_named(tiny_files, tmp_path):
-  src, _ = tiny_files[False]
+  src, _ = tiny_files["llama"]
   data = src.read_bytes()
   for cut in (len(data) - 1000, 300):  # inside the tensor data; inside the header
     path = tmp_path / f"cut{cut}.gguf"
@@ -171,7 +176,7 @@ def test_sharded_streaming_load(tiny_files):
 
   from dsv4.parallel.mesh import make_mesh
   from dsv4.parallel.rules import DEFAULT_RULES, shardings_fn, state_shardings
-  path, _ = tiny_files[False]
+  path, _ = tiny_files["qwen3"]
   mesh = make_mesh({"fsdp": 2, "expert": 2, "tensor": 2})
   model = gguf_io.from_pretrained(path, shardings=shardings_fn(mesh, DEFAULT_RULES))
   plain = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(gguf_io.from_pretrained(path)))}
@@ -183,3 +188,11 @@ def test_sharded_streaming_load(tiny_files):
     np.testing.assert_array_equal(np.asarray(value), plain[p], err_msg=str(p))
     sharded += not value.sharding.is_fully_replicated
   assert sharded >= 10
+
+
+def test_qwen3_head_dim_comes_from_key_length(tiny_files):
+  """Qwen3's head_dim (128 here) is not width / heads (16): the config takes it from attention.key_length."""
+  path, model = tiny_files["qwen3"]
+  config, tensors, _ = gguf_io.load_gguf(path)
+  assert config["model_type"] == "qwen3" and config["head_dim"] == model.config.head_dim == 128
+  assert tensors["model.layers.0.self_attn.q_norm.weight"].shape == (128,)
