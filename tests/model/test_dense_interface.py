@@ -138,6 +138,19 @@ def test_orbax_checkpoint_records_the_family(tmp_path):
   np.testing.assert_array_equal(np.asarray(again(ids)), np.asarray(model(ids)))
 
 
+def test_legacy_config_layouts():
+  """Llama 2 (no head_dim, top-level rope_theta) and Llama 3.1's published layout (rope_scaling + rope_theta, a list
+  of EOS ids) read as the transformers 5 layout does."""
+  llama2 = {k: v for k, v in HF.items() if k not in ("head_dim", "rope_parameters")}
+  cfg = dense_config_from_hf({**llama2, "rope_theta": 10000.0, "rope_scaling": None})
+  assert (cfg.head_dim, cfg.rope_theta, cfg.rope_scaling) == (8, 10000.0, None)
+  scaling = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64)
+  old = dense_config_from_hf({**llama2, "rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", **scaling},
+                              "eos_token_id": [2, 3]})
+  new = dense_config_from_hf({**HF, "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, **scaling}})
+  assert old == new and old.rope_scaling.factor == 8.0 and old.eos_token_id == 2
+
+
 def test_unknown_model_type_lists_the_supported_ones(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({**HF, "model_type": "mistral"}))
   with pytest.raises(ConfigError, match=r"model_type.*'mistral'.*deepseek_v4, llama, qwen2, qwen3"):
