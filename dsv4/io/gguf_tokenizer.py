@@ -149,7 +149,9 @@ def tokenizer_from_reader(reader, where: str) -> GGUFTokenizer:
   return build_tokenizer(fields, where)
 
 
-def load_tokenizer(path) -> GGUFTokenizer:
-  """The tokenizer of a GGUF file (no tensors are read)."""
+def load_tokenizer(path_or_name) -> GGUFTokenizer:
+  """The tokenizer of a GGUF file or a known model name (dsv4.io.gguf_models); no tensors are read."""
   from dsv4.io.gguf import open_reader
+  from dsv4.io.gguf_models import resolve
+  path = resolve(path_or_name)
   return tokenizer_from_reader(open_reader(path), str(path))
