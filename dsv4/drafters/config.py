@@ -88,6 +88,14 @@ class DrafterConfig:
 
   def check_against_target(self, target: ModelConfig) -> None:
     """The drafter fits this target: tapped layers exist and the widths agree. Raises ConfigError."""
+    family = getattr(target, "family", "deepseek_v4")
+    if family != "deepseek_v4":  # the one place a drafter asks for V4 internals
+      if self.kind == "mtp":
+        _fail("kind", f"'mtp' drafts with a DeepSeek-V4 target's own MTP module and mHC streams; this target is "
+              f"{family} ({getattr(target, 'model_type', family)}), which has neither. Use kind 'dspark' or 'eagle3'.")
+      if self.layer_type == "v4":
+        _fail("layer_type", f"'v4' layers copy a DeepSeek-V4 target's MoE routing and mHC conventions; this target "
+              f"is {family}. Use layer_type 'dense'.")
     if self.kind == "mtp" and target.num_nextn_predict_layers < 1:
       _fail("kind", f"'mtp' drafts with the target's own MTP module, but the target has num_nextn_predict_layers="
             f"{target.num_nextn_predict_layers}; use a target with num_nextn_predict_layers ≥ 1 (a checkpoint "

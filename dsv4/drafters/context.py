@@ -24,21 +24,26 @@ import jax.numpy as jnp
 @dataclasses.dataclass(frozen=True)
 class FrozenTarget:
   embed_VD: jax.Array
-  lm_head_DV: jax.Array
+  lm_head_DV: jax.Array | None  # None: the head is tied to the embedding (dense targets that share it)
   dtype: Any = dataclasses.field(default=jnp.float32, metadata=dict(static=True))
 
   @classmethod
   def of(cls, target) -> FrozenTarget:
-    """From a `dsv4.model.Transformer` (its current arrays; nothing is copied)."""
-    return cls(target.embed[...], target.lm_head[...], target.dtype)
+    """From any target (dsv4.model.target): its current arrays; nothing is copied."""
+    head = target.lm_head
+    return cls(target.embed[...], None if head is None else head[...], target.dtype)
 
   def embed(self, ids):
     return jax.lax.stop_gradient(self.embed_VD)[ids].astype(self.dtype)
 
   def head(self, hidden_XD):
     """float32 logits, as the target's head computes them."""
+    x = hidden_XD.astype(self.dtype)
+    if self.lm_head_DV is None:
+      w_VD = jax.lax.stop_gradient(self.embed_VD).astype(self.dtype)
+      return jnp.einsum("...d,vd->...v", x, w_VD).astype(jnp.float32)
     w = jax.lax.stop_gradient(self.lm_head_DV).astype(self.dtype)
-    return jnp.dot(hidden_XD.astype(self.dtype), w).astype(jnp.float32)
+    return jnp.dot(x, w).astype(jnp.float32)
 
 
 @jax.tree_util.register_dataclass

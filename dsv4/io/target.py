@@ -1,7 +1,8 @@
 """Loading a target from disk: the one loader of train_drafter, regenerate, `dsv4.load_drafter` and the benchmarks.
 
 A target directory is one of (`target_format`):
-  transformers  config.json + *.safetensors: an export such as assets/targets/small (dsv4.io.hf)
+  transformers  config.json + *.safetensors: an export such as assets/targets/small, of the family its
+                `model_type` names (dsv4.model.family)
   dsv4          dsv4_config.json + state/: a dsv4 model checkpoint (dsv4.io.checkpoint)
   workdir       a `train_target.py` workdir: the latest finished step under checkpoints/ (parameters, routing state,
                 and the run's config in its metadata)
@@ -25,7 +26,8 @@ from flax import nnx
 
 from dsv4.configs import model_config
 from dsv4.errors import CheckpointError, TargetError
-from dsv4.io import checkpoint, hf
+from dsv4.io import checkpoint
+from dsv4.model import family
 from dsv4.model.config import ModelConfig
 from dsv4.model.layers import FrozenState
 from dsv4.model.transformer import Transformer
@@ -91,7 +93,7 @@ def read_target_config(path: str | os.PathLike) -> tuple[ModelConfig, str]:
     if fmt == "dsv4":
       return checkpoint.read_model_config(path), fmt
     if fmt == "transformers":
-      return hf.read_config(path), fmt
+      return family.read_config(path), fmt
     if fmt == "workdir":
       return model_config(_run_config(latest_checkpoint(path))[0]), fmt
   except (CheckpointError, ValueError) as e:  # a broken config file: say which target
@@ -104,7 +106,7 @@ def load_target(path: str | os.PathLike, fmt: str | None = None) -> Transformer:
   path = Path(path)
   fmt = fmt or (target_format(path) if path.is_dir() else None)
   if fmt == "transformers":
-    return hf.from_pretrained(path)
+    return family.from_pretrained(path)
   if fmt == "dsv4":
     return checkpoint.load_model(path)
   if fmt == "workdir":

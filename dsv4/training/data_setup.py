@@ -28,7 +28,8 @@ def alignment(data, model: ModelConfig) -> int:
   """Documents start at multiples of every compression ratio, so each runs in a packed row as it would alone."""
   if data.align:
     return int(data.align)
-  return math.lcm(1, *[r for r in model.compress_ratios if r])
+  ratios = getattr(model, "compress_ratios", ())  # dense targets have no compressed attention: any start works
+  return math.lcm(1, *[r for r in ratios if r])
 
 
 def load_splits(data, model: ModelConfig, log=print) -> Splits:

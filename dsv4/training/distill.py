@@ -44,8 +44,8 @@ N_BINS = 20
 
 
 def frozen_target(target: dict, target_cfg) -> FrozenTarget:
-  """The target's embedding and LM head out of its params pure dict."""
-  return FrozenTarget(target["params"]["embed"], target["params"]["lm_head"], DTYPES[target_cfg.dtype])
+  """The target's embedding and LM head out of its params pure dict (no `lm_head`: tied to the embedding)."""
+  return FrozenTarget(target["params"]["embed"], target["params"].get("lm_head"), DTYPES[target_cfg.dtype])
 
 
 def online_features(target_graphdef, target: dict, batch: dict, tap_layers: tuple[int, ...],
@@ -91,8 +91,9 @@ def _outputs(drafter, feats: TargetFeatures, frozen: FrozenTarget, batch: dict, 
 
 def drafter_target_config(target_cfg, moe_impl: str | None):
   """The target config a drafter is built against: its MoE layers copy the target's routing conventions, and
-  config.train.moe_impl (when set) picks their expert path."""
-  return target_cfg.replace(moe_impl=moe_impl) if moe_impl else target_cfg
+  config.train.moe_impl (when set) picks their expert path. A target without experts (dense) has no such field
+  and comes back as it is."""
+  return target_cfg.replace(moe_impl=moe_impl) if moe_impl and hasattr(target_cfg, "moe_impl") else target_cfg
 
 
 def _routed_moes(drafter) -> tuple:
