@@ -191,10 +191,10 @@ class Eagle3(nnx.Module):
               ctx_start_B=None, anchor_pos_B=None, temperature: float = 0.0, key=None, top_k: int = 0,
               top_p: float = 1.0, steps: int | None = None) -> Proposal:
     """Drafts G tokens (the first `steps` when given) after each anchor, one layer call each: greedy (argmax) at
-    temperature 0, else sampled from softmax(filter_logits(logits_k, T, top_k, top_p)) with fold_in(key, k). ctx_kv holds the step-0 entries (`context_kv`); the block
-    sees entries ctx_start ≤ s < ctx_len (default start 0) and slot k sits at anchor_pos + k (default
-    anchor_pos = ctx_len − ctx_start). prev_taps_BLD are the taps of the row before the anchor (zeros when the
-    anchor is its document's first token)."""
+    temperature 0, else sampled from softmax(filter_logits(logits_k, T, top_k, top_p)) with fold_in(key, k).
+    ctx_kv holds the step-0 entries (`context_kv`); the block sees entries ctx_start ≤ s < ctx_len (default
+    start 0) and slot k sits at anchor_pos + k (default anchor_pos = ctx_len − ctx_start). prev_taps_BLD are the
+    taps of the row before the anchor (zeros when the anchor is its document's first token)."""
     if temperature > 0 and key is None:
       raise ValueError("propose: sampling at temperature > 0 needs a PRNG key.")
     if ctx_kv.k_NBSJK.shape[0] != 1:

@@ -35,7 +35,7 @@ def tiny_target() -> Transformer:
   return built(lambda: Transformer(TINY, rngs=nnx.Rngs(0)))
 
 
-def drafter_cfg(kind: str, target_cfg=TINY):
+def drafter_cfg(kind: str):
   """The `tiny` scale of configs/drafter/<kind>.py; mtp1 / mtpk are the MTP config at γ = 1 / the scale's γ."""
   name = {"mtp1": "mtp", "mtpk": "mtp"}.get(kind, kind)
   cfg = drafter_config(load_config(os.path.join(ROOT, f"configs/drafter/{name}.py:tiny")))

@@ -104,3 +104,60 @@ def test_block_size_below_trained(ar4):
   got, stats = dsv4.speculative_generate(tiny_target(), tiny_drafter("dspark"), PROMPTS4, M, block_size=2)
   assert got == ar4
   check_stats(stats, got, 2)
+
+
+def test_no_recompilation_for_identical_shapes(ar4):
+  """A second call with the same shapes and settings (another seed and EOS, which are traced) reuses the jit."""
+  from dsv4.inference.speculative import _speculate
+  dsv4.speculative_generate(tiny_target(), tiny_drafter("dspark"), PROMPTS4, M)
+  before = _speculate._cache_size()
+  dsv4.speculative_generate(tiny_target(), tiny_drafter("dspark"), PROMPTS4, M, seed=3, eos_id=7)
+  assert _speculate._cache_size() == before
+
+
+def abstract_dspark(drafter_changes, target_changes):
+  """A DSpark drafter (shapes only) made for a tiny target with other fields."""
+  from flax import nnx
+
+  from dsv4.drafters import DSpark
+  from tests.inference.spec_fixtures import TINY, drafter_cfg
+  other = TINY.replace(**target_changes)
+  return nnx.eval_shape(lambda: DSpark(drafter_cfg("dspark").replace(**drafter_changes), other, rngs=nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize("drafter_changes, target_changes, match", [
+    ({}, dict(vocab_size=256), "sequential head has a vocabulary of 256"),
+    (dict(hidden_size=32), dict(hidden_size=32), "drafter.hidden_size"),
+    (dict(target_layer_ids=(0, 7)), dict(num_hidden_layers=8, compress_ratios=(0,) * 8), "drafter.target_layer_ids"),
+])
+def test_drafter_for_another_target_is_refused(drafter_changes, target_changes, match):
+  """Vocabulary, width and tapped layers of the target the drafter was made for are checked against this one."""
+  with pytest.raises(ValueError, match=match):
+    dsv4.speculative_generate(tiny_target(), abstract_dspark(drafter_changes, target_changes), PROMPTS4, M)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=-0.5), "temperature must be a number ≥ 0"),
+    (dict(top_p=0.0), "top_p must be in"),
+    (dict(top_p=1.5), "top_p must be in"),
+    (dict(top_k=-1), "top_k must be an integer"),
+    (dict(block_size=5), r"block_size must be an integer in \[1, 4\]"),
+    (dict(block_size=0), r"block_size must be an integer in \[1, 4\]"),
+    (dict(eos_id=V), "eos_id 512 is outside"),
+])
+def test_bad_settings_fail_before_compute(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    dsv4.speculative_generate(tiny_target(), tiny_drafter("dspark"), PROMPTS4, M, **kwargs)
+
+
+def test_bad_prompts_fail_before_compute():
+  drafter = tiny_drafter("dspark")
+  limit = tiny_target().config.max_position_embeddings
+  with pytest.raises(ValueError, match=r"prompts\[1\] has 4090 tokens; with max_new_tokens=4 and block_size 4"):
+    dsv4.speculative_generate(tiny_target(), drafter, [[1, 2], [3] * (limit - 6)], 4)
+  with pytest.raises(ValueError, match=r"prompts\[0\] is empty"):
+    dsv4.speculative_generate(tiny_target(), drafter, [[]], 4)
+  with pytest.raises(ValueError, match="max_new_tokens must be ≥ 1"):
+    dsv4.speculative_generate(tiny_target(), drafter, [[1, 2]], 0)
+  with pytest.raises(TypeError, match="not a drafter the speculative loop knows"):
+    dsv4.speculative_generate(tiny_target(), tiny_target(), [[1, 2]], 4)
