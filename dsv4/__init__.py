@@ -26,6 +26,15 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0
                    eos_id=eos_id)
 
 
+def speculative_generate(target, drafter, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0,
+                         eos_id=None, block_size=None):
+  """(new tokens per prompt, stats): draft → verify → accept in one jit, lossless against `generate` (see
+  dsv4.inference.speculative for the round structure and the stats' definitions)."""
+  from dsv4.inference.speculative import speculative_generate as _spec
+  return _spec(target, drafter, prompts, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+               seed=seed, eos_id=eos_id, block_size=block_size)
+
+
 def load_drafter(path, target=None):
   """A trained drafter (train_drafter.py workdir or checkpoint) bound to its target: the one recorded in the
   checkpoint when `target` is None, else `target` after checking it fits (see dsv4.io.drafter_checkpoint)."""
@@ -34,4 +43,4 @@ def load_drafter(path, target=None):
 
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "Dsv4Error", "TargetError", "TrainingError", "ModelConfig",
-           "TargetOutput", "Transformer", "from_pretrained", "generate", "load_drafter"]
+           "TargetOutput", "Transformer", "from_pretrained", "generate", "load_drafter", "speculative_generate"]

@@ -39,6 +39,7 @@ from dsv4.drafters.features import Blocks, TargetFeatures
 from dsv4.drafters.heads import ConfidenceHead, SequentialHead
 from dsv4.drafters.layers import DenseLayer
 from dsv4.drafters.v4_layer import V4Layer, from_streams, stream_head, to_streams
+from dsv4.inference.sampling import draw
 from dsv4.model.config import ModelConfig
 from dsv4.model.layers import DTYPES, KeySeq, Linear, RMSNorm, param
 
@@ -185,10 +186,13 @@ class DSpark(nnx.Module):
 
   # --- inference: one block per sequence, slot by slot ----------------------------------------------
   def propose(self, ctx_kv: ContextKV, frozen: FrozenTarget, anchor_B, ctx_len_B, *, anchor_pos_B=None,
-              temperature: float = 0.0, key=None) -> Proposal:
+              temperature: float = 0.0, key=None, top_k: int = 0, top_p: float = 1.0,
+              steps: int | None = None) -> Proposal:
     """Drafts G tokens after each anchor: greedy (argmax) at temperature 0, else sampled from
-    softmax(logits_k / T) with `key`. The backbone runs once; the G slot steps then apply the sequential head
-    with the token drafted at the previous slot (the anchor for slot 0)."""
+    softmax(filter_logits(logits_k, T, top_k, top_p)) with fold_in(key, k) (dsv4.inference.sampling.draw). The
+    backbone runs once over all G slots; the slot steps then apply the sequential head with the token drafted at
+    the previous slot (the anchor for slot 0). `steps` < G drafts only the first `steps` slots (the block the
+    backbone sees is still the trained one)."""
     if temperature > 0 and key is None:
       raise ValueError("propose: sampling at temperature > 0 needs a PRNG key.")
     anchor_pos_BA = None if anchor_pos_B is None else anchor_pos_B[:, None]
@@ -196,15 +200,12 @@ class DSpark(nnx.Module):
     base_BGV = frozen.head(h_BGD)
     state = self.seq_head.init_state(anchor_B.shape) if self.seq_head is not None else None
     prev_B, tokens, logits = anchor_B.astype(jnp.int32), [], []
-    for k in range(self.config.block_size):
+    for k in range(self.config.block_size if steps is None else steps):
       logits_BV = base_BGV[:, k]
       if self.seq_head is not None:
         bias_BV, state = self.seq_head.step(state, prev_B, h_BGD[:, k])
         logits_BV = logits_BV + bias_BV
-      if temperature > 0:
-        prev_B = jax.random.categorical(jax.random.fold_in(key, k), logits_BV / temperature).astype(jnp.int32)
-      else:
-        prev_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+      prev_B = draw(logits_BV, None if key is None else jax.random.fold_in(key, k), temperature, top_k, top_p)
       tokens.append(prev_B)
       logits.append(logits_BV)
     tokens_BG = jnp.stack(tokens, axis=1)
@@ -212,7 +213,7 @@ class DSpark(nnx.Module):
     if self.conf_head is not None:
       prev_BG = teacher_forced_prev(anchor_B, tokens_BG)
       prev_embed = self.seq_head.prev_embed(prev_BG) if self.seq_head is not None else None
-      confidence = jax.nn.sigmoid(self.conf_head(h_BGD, prev_embed))
+      confidence = jax.nn.sigmoid(self.conf_head(h_BGD[:, :tokens_BG.shape[1]], prev_embed))
     return Proposal(tokens_BG, jnp.stack(logits, axis=1), confidence)
 
 

@@ -55,6 +55,7 @@ from dsv4.drafters.config import DrafterConfig
 from dsv4.drafters.context import ContextKV, FrozenTarget
 from dsv4.drafters.dspark import Proposal
 from dsv4.drafters.features import Blocks, TargetFeatures
+from dsv4.inference.sampling import draw
 from dsv4.model.config import ConfigError, ModelConfig
 from dsv4.model.layers import DTYPES, KeySeq, Linear, RMSNorm, SwiGLU
 from dsv4.model.rope import apply_rope, inv_frequencies
@@ -187,12 +188,13 @@ class Eagle3(nnx.Module):
 
   # --- inference: chain drafting --------------------------------------------------------------------------
   def propose(self, ctx_kv: ContextKV, frozen: FrozenTarget, prev_taps_BLD, anchor_B, ctx_len_B, *,
-              ctx_start_B=None, anchor_pos_B=None, temperature: float = 0.0, key=None) -> Proposal:
-    """Drafts G tokens after each anchor, one layer call each: greedy (argmax) at temperature 0, else sampled
-    from softmax(logits_k / T) with fold_in(key, k). ctx_kv holds the step-0 entries (`context_kv`); the block
-    sees entries ctx_start ≤ s < ctx_len (default start 0) and slot k sits at anchor_pos + k (default
-    anchor_pos = ctx_len − ctx_start). prev_taps_BLD are the taps of the row before the anchor (zeros when the
-    anchor is its document's first token)."""
+              ctx_start_B=None, anchor_pos_B=None, temperature: float = 0.0, key=None, top_k: int = 0,
+              top_p: float = 1.0, steps: int | None = None) -> Proposal:
+    """Drafts G tokens (the first `steps` when given) after each anchor, one layer call each: greedy (argmax) at
+    temperature 0, else sampled from softmax(filter_logits(logits_k, T, top_k, top_p)) with fold_in(key, k).
+    ctx_kv holds the step-0 entries (`context_kv`); the block sees entries ctx_start ≤ s < ctx_len (default
+    start 0) and slot k sits at anchor_pos + k (default anchor_pos = ctx_len − ctx_start). prev_taps_BLD are the
+    taps of the row before the anchor (zeros when the anchor is its document's first token)."""
     if temperature > 0 and key is None:
       raise ValueError("propose: sampling at temperature > 0 needs a PRNG key.")
     if ctx_kv.k_LBSJK.shape[0] != 1:
@@ -204,14 +206,11 @@ class Eagle3(nnx.Module):
     h = self.features(prev_taps_BLD)[:, None]
     tok_B = anchor_B.astype(jnp.int32)
     chain, tokens, logits = ([], []), [], []
-    for k in range(self.config.block_size):
+    for k in range(self.config.block_size if steps is None else steps):
       emb = frozen.embed(tok_B[:, None]).astype(self.dtype)
       h = self._step(h, emb, pos_BA + k, chain, ctx_kv.k_LBSJK[0], ctx_kv.v_LBSJK[0], ctx_start_BA, ctx_len_BA)
       logits_BV = frozen.head(self.norm(h))[:, 0]
-      if temperature > 0:
-        tok_B = jax.random.categorical(jax.random.fold_in(key, k), logits_BV / temperature).astype(jnp.int32)
-      else:
-        tok_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+      tok_B = draw(logits_BV, None if key is None else jax.random.fold_in(key, k), temperature, top_k, top_p)
       tokens.append(tok_B)
       logits.append(logits_BV)
     return Proposal(jnp.stack(tokens, axis=1), jnp.stack(logits, axis=1), None)

@@ -42,6 +42,7 @@ from dsv4.drafters.config import DrafterConfig
 from dsv4.drafters.context import FrozenTarget
 from dsv4.drafters.dspark import Proposal
 from dsv4.drafters.features import Blocks, TargetFeatures
+from dsv4.inference.sampling import draw
 from dsv4.model.attention import attend
 from dsv4.model.config import ConfigError, ModelConfig
 from dsv4.model.layers import DTYPES, KeySeq
@@ -168,11 +169,12 @@ class MTPDrafter(nnx.Module):
     streams_BAND, _ = blk(self._entry(frozen, streams_BAND, ids_BA), None, None, attention)
     return self.mtp.norm(self.mtp.hc_head(streams_BAND)), streams_BAND, keys["own"]
 
-  def _chain(self, frozen: FrozenTarget, streams_BAND, anchor_BA, pos0_BA, ctx: _Context, choose):
-    """The G steps from step-0 streams and token (the anchor) at position pos0 = P−1; `choose(k, logits_BAV)`
-    gives step k+1's token (teacher forced or drafted). Returns float32 logits [B, A, G, V]."""
+  def _chain(self, frozen: FrozenTarget, streams_BAND, anchor_BA, pos0_BA, ctx: _Context, choose, steps=None):
+    """The G steps (the first `steps` when given) from step-0 streams and token (the anchor) at position
+    pos0 = P−1; `choose(k, logits_BAV)` gives step k+1's token (teacher forced or drafted). Returns float32
+    logits [B, A, G, V]."""
     chain, logits, ids_BA = [], [], anchor_BA
-    for k in range(self.config.block_size):
+    for k in range(self.config.block_size if steps is None else steps):
       pos_BA = pos0_BA + k
       hidden_BAD, streams_BAND, key_BAK = self._step(frozen, streams_BAND, ids_BA, pos_BA, ctx, chain, k > 0)
       if k > 0:
@@ -223,9 +225,11 @@ class MTPDrafter(nnx.Module):
     return cache.write(self.context_keys(frozen, streams_BTND, next_ids_BT, positions_BT), start_B)
 
   def propose(self, cache: MTPCache, frozen: FrozenTarget, streams_BND, anchor_B, ctx_len_B, *,
-              temperature: float = 0.0, key=None) -> Proposal:
-    """Drafts G tokens after each anchor at row ctx_len (= p): greedy at temperature 0, else sampled from
-    softmax(logits_k / T) with `key`; slot k+1 reads the token drafted at slot k.
+              temperature: float = 0.0, key=None, top_k: int = 0, top_p: float = 1.0,
+              steps: int | None = None) -> Proposal:
+    """Drafts G tokens (the first `steps` when given) after each anchor at row ctx_len (= p): greedy at
+    temperature 0, else sampled from softmax(filter_logits(logits_k, T, top_k, top_p)) with fold_in(key, k);
+    slot k+1 reads the token drafted at slot k.
 
     streams_BND: the target streams at row p−1 (any value when p = 0: they are replaced by zeros). The cache must
     hold rows 0..p−1 (`extend`), row p−1 being (streams_BND, anchor).
@@ -246,13 +250,11 @@ class MTPDrafter(nnx.Module):
     tokens = []
 
     def draft(k, logits_BAV):
-      if temperature > 0:
-        tokens.append(jax.random.categorical(jax.random.fold_in(key, k), logits_BAV / temperature).astype(jnp.int32))
-      else:
-        tokens.append(jnp.argmax(logits_BAV, axis=-1).astype(jnp.int32))
+      tokens.append(draw(logits_BAV, None if key is None else jax.random.fold_in(key, k), temperature, top_k, top_p))
       return tokens[-1]
 
-    logits_BAGV = self._chain(frozen, streams_BAND, anchor_B.astype(jnp.int32)[:, None], ctx_len_BA - 1, ctx, draft)
+    logits_BAGV = self._chain(frozen, streams_BAND, anchor_B.astype(jnp.int32)[:, None], ctx_len_BA - 1, ctx, draft,
+                              steps)
     return Proposal(jnp.stack(tokens, axis=-1)[:, 0], logits_BAGV[:, 0])
 
 

@@ -14,7 +14,6 @@ import numpy as np
 from flax import nnx
 
 from dsv4.inference.sampling import row_keys, sample
-from dsv4.model.decode import extend, init_state
 
 
 def _check_prompts(prompts, max_new_tokens: int, vocab_size: int, max_positions: int, eos_id):
@@ -45,8 +44,7 @@ def _generate(graphdef, params, prompt_BP, prompt_len_B, seed, eos_id, *, max_ne
   """eos_id is traced (−1: none) so changing it does not recompile."""
   model = nnx.merge(graphdef, params)
   B = prompt_BP.shape[0]
-  state = init_state(model.config, B, max_len)
-  out, state = extend(model, state, prompt_BP, prompt_len_B)
+  out, state = model.extend(model.init_state(B, max_len), prompt_BP, prompt_len_B)
   logits_BV = jnp.take_along_axis(out.logits_BNV, (prompt_len_B - 1)[:, None, None], axis=1)[:, 0]
   tokens_BM = jnp.zeros((B, max_new_tokens), jnp.int32)
   done_B = jnp.zeros((B,), bool)
@@ -63,7 +61,7 @@ def _generate(graphdef, params, prompt_BP, prompt_len_B, seed, eos_id, *, max_ne
     tokens_BM = tokens_BM.at[:, step].set(jnp.where(live_B, next_B, 0))
     n_new_B = n_new_B + live_B
     done_B = done_B | (live_B & (next_B == eos_id))
-    out, state = extend(model, state, next_B[:, None], live_B.astype(jnp.int32))
+    out, state = model.extend(state, next_B[:, None], live_B.astype(jnp.int32))
     return step + 1, state, out.logits_BNV[:, 0], tokens_BM, done_B, n_new_B
 
   carry = (jnp.int32(0), state, logits_BV, tokens_BM, done_B, n_new_B)
@@ -95,7 +93,7 @@ def prefill(model, prompts: list[list[int]], max_len: int):
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_len"))
 def _prefill(graphdef, params, prompt_BP, prompt_len_B, *, max_len):
   model = nnx.merge(graphdef, params)
-  out, state = extend(model, init_state(model.config, prompt_BP.shape[0], max_len), prompt_BP, prompt_len_B)
+  out, state = model.extend(model.init_state(prompt_BP.shape[0], max_len), prompt_BP, prompt_len_B)
   return state, jnp.take_along_axis(out.logits_BNV, (prompt_len_B - 1)[:, None, None], axis=1)[:, 0]
 
 

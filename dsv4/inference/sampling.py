@@ -33,6 +33,14 @@ def row_keys(seed, step, batch: int):
   return jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(base, r), step))(jnp.arange(batch))
 
 
+def draw(logits_XV, key, temperature: float, top_k: int = 0, top_p: float = 1.0):
+  """int32 [...] with one key for the whole array (a drafter's proposal): argmax at temperature 0, else a sample
+  from softmax(filter_logits(logits)), the distribution q that lossless verification divides by."""
+  if temperature == 0.0:
+    return jnp.argmax(logits_XV, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(key, filter_logits(logits_XV, temperature, top_k, top_p)).astype(jnp.int32)
+
+
 def sample(logits_BV, keys_B, temperature: float, top_k: int = 0, top_p: float = 1.0):
   """int32 [B]; temperature 0 is greedy (argmax, lowest id on ties)."""
   if temperature == 0.0:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dsv4.model import decode
 from dsv4.model.block import Block
 from dsv4.model.config import ModelConfig
 from dsv4.model.hyper import HyperHead, stream_mean
@@ -94,6 +95,15 @@ class Transformer(nnx.Module):
       hidden, streams_BTND = module(streams_BTND, self.embed_tokens(ahead), moe_impl, positions_BT, segment_ids_BT)
       out.append(self.head(hidden))
     return jnp.stack(out)
+
+  # --- incremental decoding: the target interface the generation loops call (dsv4.model.decode) ----------
+  def init_state(self, batch: int, max_len: int):
+    """An empty decode state for `batch` sequences of up to `max_len` tokens."""
+    return decode.init_state(self.config, batch, max_len)
+
+  def extend(self, state, tokens_BN, n_valid_B=None, tap_layers: tuple[int, ...] = ()):
+    """Appends tokens_BN[b, :n_valid_B[b]] to each sequence: (ExtendOutput, new state); see dsv4.model.decode."""
+    return decode.extend(self, state, tokens_BN, n_valid_B, tap_layers)
 
   def __call__(self, input_ids_BT):
     """float32 logits [B, S, V] for int32 token ids [B, S]."""
