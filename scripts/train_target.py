@@ -3,7 +3,8 @@
   python scripts/train_target.py --config configs/target/small.py --workdir runs/target-small
   python scripts/train_target.py --config configs/target/tiny.py --workdir runs/t --config.train.steps=100
 
-Re-running the same command resumes from the latest checkpoint in WORKDIR/checkpoints. Logs go to
+Re-running the same command resumes from the latest checkpoint in WORKDIR/checkpoints. Ctrl-C or SIGTERM
+finishes the current step, saves it and exits with 130 / 143 (every process of a multi-process run). Logs go to
 WORKDIR/tensorboard. Multi-process: add --coordinator_address/--num_processes/--process_id (TPU pods and
 SLURM are detected). Ends with one JSON line {"step", "loss", "val_loss", "checkpoint", ...}.
 """
@@ -39,6 +40,7 @@ def main(argv):
   from dsv4.model.config import ConfigError
   from dsv4.training import pretrain_loop
   from dsv4.training.checkpointing import CheckpointError
+  from dsv4.training.interrupts import Interrupted
   config = _CONFIG.value
   for section in ("model", "train", "data"):
     if section not in config:
@@ -48,6 +50,13 @@ def main(argv):
     result = pretrain_loop.run(config, _WORKDIR.value, provenance=provenance())
   except (ConfigError, DataError, CheckpointError, pretrain_loop.TrainingError) as e:
     sys.exit(f"error: {e}")
+  except Interrupted as e:  # SIGINT / SIGTERM: the step was finished and saved
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # before the first step, or a second signal while saving
+    print("interrupted; nothing new was saved. Re-run the same command to resume from the last checkpoint.",
+          file=sys.stderr, flush=True)
+    sys.exit(130)
   if distributed.is_main():
     print(json.dumps(result))
 
