@@ -53,8 +53,9 @@ def main(argv):
   except Interrupted as e:  # SIGINT / SIGTERM: the step was finished and saved
     print(e, file=sys.stderr, flush=True)
     sys.exit(e.exit_code)
-  except KeyboardInterrupt:  # before the first step, or a second signal while saving
-    print("interrupted; nothing new was saved. Re-run the same command to resume from the last checkpoint.",
+  except KeyboardInterrupt:  # a second signal while stopping
+    print("interrupted again while stopping; the last step may not be saved. Re-run the same command to resume "
+          "from the last checkpoint.",
           file=sys.stderr, flush=True)
     sys.exit(130)
   if distributed.is_main():

@@ -31,7 +31,7 @@ from dsv4.parallel.config import mesh_from_config, rules_from_config
 from dsv4.training import data_setup, distill, feature_cache, train_state
 from dsv4.training.checkpointing import TrainCheckpointer
 from dsv4.training.distill_config import FEATURE_MODES, drafter_config
-from dsv4.training.loop import StepOut, Totals, TrainingError, find_run, log, report, run_steps
+from dsv4.training.loop import StepOut, Totals, TrainingError, find_run, log, report, run_steps, stoppable
 from dsv4.training.optimizer import learning_rate, make_optimizer
 from dsv4.training.pretrain_loop import check_batch
 from dsv4.training.target_source import describe, ensure_target, tokenizer_path
@@ -125,6 +125,7 @@ def evaluate(eval_step, state, target, data: Data, batch_sh) -> dict:
   return distill.pool(sums)
 
 
+@stoppable
 def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   """Distils `config.drafter` from `config.target` to `config.train.steps` (resuming from WORKDIR/checkpoints). A
   signal stops it with a checkpoint (`Interrupted`)."""

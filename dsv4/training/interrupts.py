@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import jax
 import numpy as np
@@ -58,6 +59,8 @@ class StopSignals:
 
   def __enter__(self) -> StopSignals:
     self._jax_service = _preemption_service()
+    if threading.current_thread() is not threading.main_thread():
+      return self  # Python delivers signals to the main thread only; a run on another thread keeps the defaults
     for sig in SIGNALS:
       if sig == signal.SIGTERM and self._jax_service is not None:
         continue  # JAX's notifier owns SIGTERM; replacing its handler would blind it

@@ -18,7 +18,9 @@ A loop supplies `step(state, step) -> (state, StepOut)`, `log(done, window, toke
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -35,6 +37,23 @@ from dsv4.parallel.distributed import is_main
 from dsv4.training.checkpointing import TrainCheckpointer
 from dsv4.training.interrupts import Interrupted, StopSignals
 from dsv4.training.progress import progress
+
+_active: list[StopSignals] = []  # the handler of the run in progress (innermost last)
+
+
+def stoppable(run):
+  """Decorates a training run: SIGINT / SIGTERM become stop requests from its first line to its last, so that no
+  signal interrupts loading, compiling or a save midway; one received before the step loop stops it after its first
+  step, one received after it lets the run end as it would have."""
+  @functools.wraps(run)
+  def wrapped(*args, **kwargs):
+    with StopSignals() as stop:
+      _active.append(stop)
+      try:
+        return run(*args, **kwargs)
+      finally:
+        _active.pop()
+  return wrapped
 
 
 class TrainingError(RuntimeError):
@@ -124,8 +143,8 @@ def run_steps(*, train, state, start: int, ckpt: TrainCheckpointer, meta: dict, 
               step: Callable, log_window: Callable, evaluate: Callable, data_state: Callable[[], dict],
               data_key: str, desc: str, postfix: dict[str, str], eval_keys: tuple[str, ...],
               what: str = "loss") -> tuple[Any, dict, dict]:
-  """Trains from `start` to `train.steps`; returns `(state, meta, last)` where `last` holds the last step's
-  metrics and the last evaluation's results. Waits for the last save but leaves `ckpt` open.
+  """Trains from `start` to `train.steps`; returns `(state, meta, last)` where `last` holds the last step's loss
+  and the last evaluation's results. Waits for the last save but leaves `ckpt` open.
 
   `meta` is updated with `totals`, the last loss and the last evaluation's `eval_keys` before every save. `data_key`
   names the gathered list of process data states in the checkpoint's `data_state` item.
@@ -135,7 +154,7 @@ def run_steps(*, train, state, start: int, ckpt: TrainCheckpointer, meta: dict, 
   bar = progress(int(t.steps), initial=start, desc=desc)
   window, window_tokens, window_seconds = [], 0.0, 0.0
   tick = time.perf_counter()
-  with StopSignals() as stop:
+  with contextlib.nullcontext(_active[-1]) if _active else StopSignals() as stop:
     for i in range(start, int(t.steps)):
       state, out = step(state, i)
       done = i + 1
@@ -146,7 +165,7 @@ def run_steps(*, train, state, start: int, ckpt: TrainCheckpointer, meta: dict, 
       totals.session_steps += 1
       window.append(out.metrics if out.record is None else out.record)
       window_tokens += out.tokens
-      last.update(out.metrics)
+      last["loss"] = out.metrics["loss"]
       bar.update(1)
       bar.set_postfix({name: f"{out.metrics[key]:.3f}" for name, key in postfix.items()})
       window_seconds += time.perf_counter() - tick

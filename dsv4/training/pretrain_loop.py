@@ -25,7 +25,7 @@ from dsv4.parallel.rules import logical_to_spec
 from dsv4.parallel.sharded import init_sharded
 from dsv4.training import data_setup, pretrain, train_state
 from dsv4.training.checkpointing import TrainCheckpointer
-from dsv4.training.loop import StepOut, Totals, TrainingError, find_run, log, report, run_steps
+from dsv4.training.loop import StepOut, Totals, TrainingError, find_run, log, report, run_steps, stoppable
 from dsv4.training.optimizer import learning_rate, make_optimizer
 from dsv4.training.tensorboard import ScalarWriter
 from dsv4.training.throughput import compiled_flops, measured_matmul_flops
@@ -80,6 +80,7 @@ def evaluate(eval_step, state, stream_factory, batch_shardings, max_batches: int
   return total / max(count, 1.0)
 
 
+@stoppable
 def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   """Trains to `config.train.steps` (resuming from WORKDIR/checkpoints); `provenance` (command, commit) goes into
   every checkpoint's metadata. A signal stops it with a checkpoint (`Interrupted`)."""

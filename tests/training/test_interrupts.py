@@ -18,7 +18,7 @@ from dsv4.training.loop import gather_process_states
 from tests.training.test_train_target import _final_state, _flat
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS, EVERY = 12, 4
+STEPS, EVERY = 24, 4  # signals at checkpoints 4 and 8: many steps still to run
 
 
 def test_a_signal_is_a_request_to_stop_and_a_second_one_insists():
@@ -72,7 +72,7 @@ def interrupt_after(cmd, workdir: Path, past_step: int, sig: int) -> tuple[int, 
   return proc.returncode, err, _steps(workdir)[-1]
 
 
-@pytest.mark.slow  # four short runs of the tiny target
+@pytest.mark.slow  # four short runs of the tiny target (~10 min on a loaded 2-core machine)
 def test_sigint_then_sigterm_save_the_step_reached_and_resuming_equals_an_uninterrupted_run(tmp_path, tiny_corpus):
   straight, stopped = tmp_path / "straight", tmp_path / "stopped"
   done = subprocess.run(_command(straight, tiny_corpus), env=_env(), capture_output=True, text=True, timeout=900)
