@@ -10,12 +10,14 @@
 arrow, save_to_disk) or a hub dataset name. Plain-text rows give their first --prompt_tokens tokens as the prompt;
 chat rows (`messages`) give every turn before the last assistant reply. Each call writes one split, OUT/<split>
 (see dsv4/data/regenerate.py for the exact definitions and the on-disk layout); read it with
-`datasets.load_from_disk(OUT)[split]`. Ends with one JSON line {"out", "split", "path", "rows", "response_tokens",
+`datasets.load_from_disk(OUT)[split]`. Ctrl-C or SIGTERM keeps the finished batches (exit 130 / 143); re-running
+the same command resumes after them. Ends with one JSON line {"out", "split", "path", "rows", "response_tokens",
 "seconds"}.
 """
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -54,6 +56,13 @@ def main(argv=None):
   sampler = Sampler(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                     top_k=args.top_k, seed=args.seed, batch_size=args.batch_size)
   command = " ".join(["python"] + [sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv)))
+  received = []
+
+  def stop(signum, frame):  # SIGTERM like Ctrl-C: finished batches are on disk already
+    received.append(signum)
+    raise KeyboardInterrupt
+
+  previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
   try:
     manifest = regenerate(args.target, args.out, split=args.split, prompts=args.prompts,
                           prompt_field=args.prompt_field, num_prompts=args.num_prompts,
@@ -64,6 +73,11 @@ def main(argv=None):
                           extra={"command": command})
   except (ValueError, OSError) as e:  # DataError and bad checkpoints: one clear line, nothing written
     p.error(str(e))
+  except KeyboardInterrupt:  # regenerate has said what it kept
+    sys.exit(128 + (received[0] if received else signal.SIGINT))
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
   out = Path(args.out).absolute()
   print(json.dumps({"out": str(out), "split": args.split, "path": str(out / args.split), "rows": manifest["rows"],
                     "response_tokens": manifest["response_tokens"], "seconds": manifest["seconds"]}))

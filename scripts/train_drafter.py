@@ -7,7 +7,8 @@
 
 The target comes from config.target.path (trained there first from config.target.config when absent, e.g. the
 tiny target); the data from config.data (the embedded corpus unless told otherwise). Re-running the same
-command resumes. Logs go to WORKDIR/tensorboard. Multi-process: add --coordinator_address/--num_processes/
+command resumes; Ctrl-C or SIGTERM finishes the current step, saves it and exits with 130 / 143. Logs go
+to WORKDIR/tensorboard. Multi-process: add --coordinator_address/--num_processes/
 --process_id (TPU pods and SLURM are detected). Ends with one JSON line
 {"step", "loss", "tau_prob", "tau_prob_init", "checkpoint", ...} (held-out τ_prob now and at initialisation).
 """
@@ -43,6 +44,7 @@ def main(argv):
     sys.exit(f"error: {e}")
   from dsv4.errors import Dsv4Error
   from dsv4.training import distill_loop
+  from dsv4.training.interrupts import Interrupted
   config = _CONFIG.value
   for section in ("drafter", "target", "train", "data"):
     if section not in config:
@@ -52,6 +54,14 @@ def main(argv):
     result = distill_loop.run(config, _WORKDIR.value, provenance=provenance())
   except Dsv4Error as e:
     sys.exit(f"error: {e}")
+  except Interrupted as e:  # SIGINT / SIGTERM: the step was finished and saved
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # a second signal while stopping
+    print("interrupted again while stopping; the last step may not be saved. Re-run the same command to resume "
+          "from the last checkpoint.",
+          file=sys.stderr, flush=True)
+    sys.exit(130)
   if distributed.is_main():
     if _RESULTS.value:
       _write_results(config, result)
@@ -71,6 +81,9 @@ def _write_results(config, result):
            f"features, {result['tokens_seen'] / 1e6:.2f}M tokens in {result['train_seconds'] / 60:.1f} min of step "
            f"time. Held-out τ_prob (γ = {d.block_size}) went from {result['tau_prob_init']:.3f} at initialisation "
            f"to {result['tau_prob']:.3f}. Rows are the held-out evaluations; α_k is slot k's expected acceptance.")
+  for r in result.get("resumes", []):  # resumes that changed a safe field (lr, steps, cadence), in order
+    changes = ", ".join(f"{f} {a!r} → {b!r}" for f, (a, b) in r["changes"].items())
+    intro += f" Resumed at step {r['from_step']} by `{r.get('command')}` with {changes}."
   write_run_results(_RESULTS.value, _WORKDIR.value, result, intro)
 
 

@@ -3,7 +3,8 @@
   python scripts/train_target.py --config configs/target/small.py --workdir runs/target-small
   python scripts/train_target.py --config configs/target/tiny.py --workdir runs/t --config.train.steps=100
 
-Re-running the same command resumes from the latest checkpoint in WORKDIR/checkpoints. Logs go to
+Re-running the same command resumes from the latest checkpoint in WORKDIR/checkpoints. Ctrl-C or SIGTERM
+finishes the current step, saves it and exits with 130 / 143 (every process of a multi-process run). Logs go to
 WORKDIR/tensorboard. Multi-process: add --coordinator_address/--num_processes/--process_id (TPU pods and
 SLURM are detected). Ends with one JSON line {"step", "loss", "val_loss", "checkpoint", ...}.
 """
@@ -37,6 +38,7 @@ def main(argv):
     sys.exit(f"error: {e}")
   from dsv4.errors import Dsv4Error
   from dsv4.training import pretrain_loop
+  from dsv4.training.interrupts import Interrupted
   config = _CONFIG.value
   for section in ("model", "train", "data"):
     if section not in config:
@@ -46,6 +48,14 @@ def main(argv):
     result = pretrain_loop.run(config, _WORKDIR.value, provenance=provenance())
   except Dsv4Error as e:
     sys.exit(f"error: {e}")
+  except Interrupted as e:  # SIGINT / SIGTERM: the step was finished and saved
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # a second signal while stopping
+    print("interrupted again while stopping; the last step may not be saved. Re-run the same command to resume "
+          "from the last checkpoint.",
+          file=sys.stderr, flush=True)
+    sys.exit(130)
   if distributed.is_main():
     print(json.dumps(result))
 

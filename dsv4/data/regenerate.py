@@ -27,6 +27,11 @@ splits, so `datasets.load_from_disk(OUT)[split]` reads it. A split is written in
 and moved into place with one `os.replace`; an existing split is only replaced with overwrite=True (moved aside
 first, deleted after), so OUT/<split> is always absent or complete. Every check (arguments, destination, target
 config, tokenizer, prompts, lengths) runs before the target's weights are loaded.
+
+Interrupts. Batches are independent (each has its own seed), so every finished batch's responses are appended to
+OUT/.<split>.partial.jsonl (a header naming the run, then one line per batch, flushed and synced) as they come. An
+interrupted run keeps them; a re-run with the same target, prompts and sampler starts after them, and its split
+equals an uninterrupted run's. The file goes once the split is saved.
 """
 
 from __future__ import annotations
@@ -237,8 +242,13 @@ def padded_width(prompts: list[list[int]], pad_multiple: int, max_positions: int
 
 
 def sample_responses(model, prompts: list[list[int]], sampler: Sampler, eos_id: int | None,
-                     progress: bool = False, pad_multiple: int = 64) -> list[list[int]]:
-  """The response of every prompt (EOS included when hit), in fixed [B, P] batches: one compile for the run."""
+                     progress: bool = False, pad_multiple: int = 64, done: list[list[list[int]]] = (),
+                     on_batch: Callable[[int, list[list[int]]], None] | None = None) -> list[list[int]]:
+  """The response of every prompt (EOS included when hit), in fixed [B, P] batches: one compile for the run.
+
+  done: the responses of the first batches, from an interrupted run (those batches are not run again). on_batch:
+  called with (batch index, its responses) after each batch that runs.
+  """
   import jax.numpy as jnp
   from flax import nnx
   from tqdm import tqdm
@@ -249,10 +259,12 @@ def sample_responses(model, prompts: list[list[int]], sampler: Sampler, eos_id: 
   B = min(sampler.batch_size, len(prompts))
   P = padded_width(prompts, pad_multiple, model.config.max_position_embeddings, sampler.max_new_tokens)
   graphdef, params = nnx.split(model)
-  out: list[list[int]] = []
-  with tqdm(total=len(prompts), desc="regenerating", unit="prompt", file=sys.stderr, disable=not progress,
-            mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar:
+  out: list[list[int]] = [r for batch in done for r in batch]
+  with tqdm(total=len(prompts), initial=len(out), desc="regenerating", unit="prompt", file=sys.stderr,
+            disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar:
     for b, start in enumerate(range(0, len(prompts), B)):
+      if b < len(done):
+        continue
       chunk = prompts[start:start + B]
       padded_BP = np.zeros((B, P), np.int32)
       lengths_B = np.zeros(B, np.int32)
@@ -264,7 +276,10 @@ def sample_responses(model, prompts: list[list[int]], sampler: Sampler, eos_id: 
                                      temperature=float(sampler.temperature), top_k=sampler.top_k,
                                      top_p=float(sampler.top_p))
       tokens_BM, n_new_B = np.asarray(tokens_BM), np.asarray(n_new_B)
-      out += [tokens_BM[r, :n_new_B[r]].tolist() for r in range(len(chunk))]
+      batch = [tokens_BM[r, :n_new_B[r]].tolist() for r in range(len(chunk))]
+      out += batch
+      if on_batch is not None:
+        on_batch(b, batch)
       bar.update(len(chunk))
   return out
 
@@ -293,7 +308,8 @@ def check_destination(out: str | os.PathLike, split: str, overwrite: bool) -> Pa
     raise DataError(f"regenerate: split must be a plain name such as 'train' or 'validation', got {split!r}")
   if out.exists() and not out.is_dir():
     raise DataError(f"regenerate: {out} exists and is not a directory; choose another --out")
-  if out.is_dir() and any(out.iterdir()) and not (out / "dataset_dict.json").is_file():
+  ours = [p for p in out.iterdir() if not p.name.endswith(_PARTIAL_SUFFIX)] if out.is_dir() else []
+  if ours and not (out / "dataset_dict.json").is_file():
     raise DataError(f"regenerate: {out} exists, is not empty and holds no regenerated dataset (no "
                     "dataset_dict.json); choose another --out")
   dest = out / split
@@ -301,6 +317,56 @@ def check_destination(out: str | os.PathLike, split: str, overwrite: bool) -> Pa
     raise DataError(f"regenerate: {dest} already holds split {split!r}; pass overwrite=True (--overwrite) to "
                     "replace it, or choose another --out / --split")
   return dest
+
+
+_PARTIAL_SUFFIX = ".partial.jsonl"
+
+
+def partial_path(out: str | os.PathLike, split: str) -> Path:
+  return Path(out) / f".{split}{_PARTIAL_SUFFIX}"
+
+
+def read_partial(path: Path, key: str, log=print) -> list[list[list[int]]]:
+  """The finished batches an interrupted run with the same `key` left in `path` (a torn last line is dropped)."""
+  if not path.is_file():
+    return []
+  lines = path.read_text().splitlines()
+  try:
+    head = json.loads(lines[0]) if lines else {}
+  except json.JSONDecodeError:
+    head = {}
+  if head.get("key") != key:
+    log(f"{path} holds the partial results of another run (other target, prompts or sampler); starting over")
+    return []
+  batches = []
+  for line in lines[1:]:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      break  # the line a killed run was writing
+    if record.get("batch") != len(batches):
+      break
+    batches.append(record["responses"])
+  return batches
+
+
+class PartialWriter:
+  """Appends each finished batch to the partial-results file, durably (the header first on a fresh start)."""
+
+  def __init__(self, path: Path, key: str, done: list):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not done:
+      path.write_text(json.dumps({"key": key}) + "\n")
+    else:  # rewrite the kept batches: drops a torn last line before appending
+      path.write_text("".join(json.dumps(x) + "\n" for x in [{"key": key}, *(
+          {"batch": b, "responses": r} for b, r in enumerate(done))]))
+    self.path = path
+
+  def __call__(self, batch: int, responses: list[list[int]]) -> None:
+    with self.path.open("a") as f:
+      f.write(json.dumps({"batch": batch, "responses": responses}) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
 
 
 def _write_split_list(out: Path) -> None:
@@ -380,15 +446,29 @@ def regenerate(target: str | os.PathLike, out: str | os.PathLike, *, split: str 
                       f"{sampler.max_new_tokens} that exceeds the target's max_position_embeddings ({max_pos}); "
                       "lower prompt_tokens or max_new_tokens, or drop the row from the source")
   eos_id = tok.token_to_id(EOS)
+  info = target_info(target, config, fmt, tok_path)
+  key = hashlib.sha256(json.dumps({"target": info, "sampler": dataclasses.asdict(sampler), "prompts": chosen.ids,
+                                   "pad_multiple": pad_multiple}, sort_keys=True).encode()).hexdigest()
+  partial = partial_path(dest.parent, split)
+  done = read_partial(partial, key, log=log)
+  if done:
+    log(f"resuming: {sum(map(len, done))} of {len(chosen.ids)} responses kept in {partial} by an interrupted run")
   if model is None:
     model = load_target(target, fmt)
   t_load = time.time()
-  responses = sample_responses(model, chosen.ids, sampler, eos_id, progress=progress, pad_multiple=pad_multiple)
+  try:
+    responses = sample_responses(model, chosen.ids, sampler, eos_id, progress=progress, pad_multiple=pad_multiple,
+                                 done=done, on_batch=PartialWriter(partial, key, done))
+  except KeyboardInterrupt:
+    kept = sum(map(len, read_partial(partial, key, log=log)))
+    log(f"interrupted: the responses of {kept} of {len(chosen.ids)} prompts are kept in {partial}; re-run the same "
+        "command to resume")
+    raise
   t_gen = time.time()
   ds = rows_dataset(chosen.ids, responses, chosen.source_rows)
   manifest = {
     "kind": MANIFEST_KIND, "split": split,
-    "target": target_info(target, config, fmt, tok_path) | {"eos_id": eos_id},
+    "target": info | {"eos_id": eos_id},
     "sampler": dataclasses.asdict(sampler) | {"effective_batch_size": min(sampler.batch_size, len(chosen.ids)),
                                              "batch_seed": "SeedSequence([seed, batch]).generate_state(1)[0]",
                                              "padded_width": padded_width(chosen.ids, pad_multiple, max_pos,
@@ -403,4 +483,5 @@ def regenerate(target: str | os.PathLike, out: str | os.PathLike, *, split: str 
   } | (extra or {})
   manifest["seconds"] = round(time.time() - t0, 3)
   save_split(ds, dest.parent, split, manifest, overwrite=overwrite)
+  partial.unlink(missing_ok=True)
   return manifest

@@ -59,16 +59,14 @@ class TrainCheckpointer:
   # ---- saving ----
 
   def save(self, step: int, state: Any, data_state: dict, meta: dict, *, force: bool = False) -> bool:
-    """Saves when `step % every == 0`, `force`, or at a preemption sync point; returns whether a save started.
+    """Saves when `step % every == 0` or `force`; returns whether a save started.
 
     `data_state` and `meta` must be JSON-native (dict/list/str/int/float/bool/None, string keys) so that restore
     returns equal dicts. A step that is already saved is not saved again (False); a step older than the newest
-    checkpoint is an error, since `latest_step` would never pick it.
+    checkpoint is an error, since `latest_step` would never pick it. Stopping on a preemption is the training
+    loop's decision (dsv4.training.interrupts), which then saves with `force`.
     """
-    # jax's preemption sync point (multi-host jobs told of a preemption agree on one step to save) is asked on
-    # every call, as it expects; off the interval it only ever answers True under jax.distributed.
-    preempted = self._manager.reached_preemption(step)
-    if not (force or preempted or step % self.every == 0):
+    if not (force or step % self.every == 0):
       return False
     self._check_json(step, data_state=data_state, meta=meta)
     self._raise_pending()
@@ -139,6 +137,24 @@ class TrainCheckpointer:
         return self._latest_finished  # orbax already lists the running step (and not those it replaces)
       self._raise_pending()  # finished: confirm it, or raise its failure
     return self._manager.latest_step()
+
+  def unfinished(self) -> list[str]:
+    """Names of temporary step folders that interrupted or failed saves left (never restored; the next save
+    deletes them)."""
+    if not self.directory.exists():
+      return []
+    return sorted(p.name for p in self.directory.iterdir() if _TMP_SUFFIX in p.name)
+
+  def read_meta(self, step: int | None = None) -> dict:
+    """The `meta` item of `step` (default: the latest) alone, without reading any array."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no finished checkpoint in {self.directory}; nothing to read")
+    try:
+      out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:
+      raise CheckpointError(f"reading the metadata of step {step} in {self.directory} failed: {e}") from e
+    return out["meta"]
 
   def all_steps(self) -> list[int]:
     """The finished steps, oldest first (waits for a running save)."""

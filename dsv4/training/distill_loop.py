@@ -18,15 +18,12 @@ on `train.eval_batches` fixed validation batches every `train.eval_every` steps 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from dsv4.data.anchors import batch_anchors
 from dsv4.drafters.build import build_drafter
@@ -35,21 +32,21 @@ from dsv4.io.target import tokenizer_path
 from dsv4.model.config import ConfigError
 from dsv4.model.moe import EXPERT_IMPLS
 from dsv4.parallel.config import mesh_from_config, rules_from_config
-from dsv4.parallel.distributed import is_main
 from dsv4.parallel.sharded import bind_rules
 from dsv4.training import data_setup, distill, feature_cache, train_state
 from dsv4.training.checkpointing import TrainCheckpointer
 from dsv4.training.distill_config import FEATURE_MODES, drafter_config
+from dsv4.training.loop import StepOut, Totals, TrainingError, find_run, log, report, run_steps, stoppable
 from dsv4.training.optimizer import learning_rate, make_optimizer
-from dsv4.training.pretrain_loop import TrainingError, check_batch
-from dsv4.training.progress import progress
+from dsv4.training.pretrain_loop import check_batch
 from dsv4.training.target_source import ensure_target
 from dsv4.training.tensorboard import ScalarWriter
+from dsv4.training.workdir import check_reuse, check_shared, describe_changes, resume_entry
+
+__all__ = ["Data", "TrainingError", "check_config", "evaluate", "run"]
 
 
-def _log(msg: str) -> None:
-  if is_main():
-    print(msg, flush=True)
+_log = log
 
 
 def check_config(config) -> None:
@@ -123,17 +120,6 @@ class Data:
       self.stream.set_state(state["stream"])
 
 
-def _gather_data_states(local: dict) -> list[dict]:
-  """Every process's data state, so process 0's checkpoint metadata holds them all."""
-  if jax.process_count() == 1:
-    return [local]
-  text = json.dumps(local).encode()
-  buf = np.zeros(4096, np.uint8)
-  buf[:len(text)] = np.frombuffer(text, np.uint8)
-  everyone = np.asarray(multihost_utils.process_allgather(buf)).reshape(jax.process_count(), -1)
-  return [json.loads(bytes(row).rstrip(b"\0")) for row in everyone]
-
-
 def _global(local: dict, shardings: dict) -> dict:
   return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
 
@@ -144,14 +130,23 @@ def evaluate(eval_step, state, target, data: Data, batch_sh) -> dict:
   return distill.pool(sums)
 
 
+@stoppable
 def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
-  """Distils `config.drafter` from `config.target` to `config.train.steps` (resuming from WORKDIR/checkpoints)."""
+  """Distils `config.drafter` from `config.target` to `config.train.steps` (resuming from WORKDIR/checkpoints). A
+  signal stops it with a checkpoint (`Interrupted`)."""
   workdir = Path(workdir)
   check_config(config)
   dcfg = drafter_config(config)
   t, d = config.train, config.data
   mesh, rules = mesh_from_config(config), rules_from_config(config)
   check_batch(t.batch_size, mesh, rules)
+  check_shared(workdir)
+  latest, saved_meta = find_run(workdir / "checkpoints")
+  changes = {}
+  if latest is not None:  # refuse another run's workdir before loading the target or writing anything
+    # data.tokenizer is filled in below from the target when not given
+    changes = check_reuse(saved_meta, config, dcfg.kind, workdir, latest,
+                          ignore=() if d.tokenizer else ("data.tokenizer",))
 
   target = bind_rules(ensure_target(config.target, log=_log), rules)  # its expert dispatch follows config.rules
   target_cfg = target.config
@@ -197,12 +192,15 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   ckpt = TrainCheckpointer(workdir / "checkpoints", every=t.checkpoint_every, keep=t.keep_checkpoints,
                            async_save=t.async_checkpoints)
   meta = drafter_meta(config, dcfg, config.target.path, target_cfg, provenance)
-  latest = ckpt.latest_step()
   if latest is not None:
     abstract = train_state.abstract_state(state, shardings)
     state, data_state, meta = ckpt.restore(abstract)
     data.restore(data_state["processes"][jax.process_index()])
-    _log(f"resuming from {ckpt.directory / str(latest)} (step {latest})")
+    if changes:  # the history of safe changes; an unchanged re-run is the same run
+      meta["resumes"] = [*meta.get("resumes", []), resume_entry(changes, latest, provenance)]
+      meta["config"] = json.loads(config.to_json())
+    _log(f"resuming from {ckpt.directory / str(latest)} (step {latest})"
+         + (f" with {describe_changes(changes)}" if changes else ""))
   start = int(state["step"])
 
   ranks = {**{k: 2 for k in distill.ROW_FIELDS + distill.BLOCK_FIELDS},
@@ -214,6 +212,26 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   eval_step = distill.make_eval_step(loss_fn, (shardings["params"], shardings["rest"]), t_sh, batch_sh)
 
   writer = ScalarWriter(workdir / "tensorboard")
+
+  def step(state, i):
+    batch = _global(data.train_batch(i), batch_sh)
+    tick = time.perf_counter()
+    state, sums = train_step(state, target_arrays, batch)
+    sums = jax.device_get(sums)
+    return state, StepOut(distill.pool([sums]), float(sums["tokens"]), time.perf_counter() - tick, record=sums)
+
+  def log_window(done, window, tokens_per_s):
+    scalars = distill.pool(window)
+    scalars.update(grad_norm=float(window[-1]["grad_norm"]), lr=float(window[-1]["lr"]), tokens_per_s=tokens_per_s)
+    writer.scalars(done, {f"train/{k}": v for k, v in scalars.items()})
+
+  def evaluate_at(state, done, metrics):
+    held = evaluate(eval_step, state, target_arrays, data, batch_sh)
+    writer.scalars(done, {f"val/{k}": v for k, v in held.items()})
+    report(f"step {done}: loss {metrics['loss']:.4f}  held-out tau_prob {held['tau_prob']:.4f} "
+           f"(init {meta['tau_prob_init']:.4f})")
+    return {"tau_prob": held["tau_prob"]}
+
   with jax.set_mesh(mesh):
     if "tau_prob_init" not in meta:
       init = evaluate(eval_step, state, target_arrays, data, batch_sh)
@@ -221,52 +239,11 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
       writer.scalars(start, {f"val/{k}": v for k, v in init.items()})
       writer.text(0, "config", config.to_json(indent=2))
       _log(f"held-out tau_prob at initialisation: {init['tau_prob']:.4f}")
-    last = {"loss": math.nan, "tau_prob": None}
-    bar = progress(t.steps, initial=start, desc="train_drafter")
-    tokens_seen, seconds = meta["tokens_seen"], meta["seconds"]
-    window, window_tokens, window_start = [], 0.0, time.perf_counter()
-    for step in range(start, t.steps):
-      batch = _global(data.train_batch(step), batch_sh)
-      tick = time.perf_counter()
-      state, sums = train_step(state, target_arrays, batch)
-      sums = jax.device_get(sums)
-      seconds += time.perf_counter() - tick
-      done = step + 1
-      metrics = distill.pool([sums])
-      if not all(math.isfinite(v) for v in metrics.values()):
-        ckpt.wait()
-        kept = ckpt.latest_step()
-        ckpt.close()
-        raise TrainingError(f"non-finite drafter loss at step {done}; stopped without saving it. The last good "
-                            f"checkpoint is {'none' if kept is None else ckpt.directory / str(kept)}; lower "
-                            "config.train.lr or check the data, then re-run to resume.")
-      n_tokens = float(sums["tokens"])
-      tokens_seen += n_tokens
-      window.append(sums)
-      window_tokens += n_tokens
-      last["loss"] = metrics["loss"]
-      bar.update(1)
-      bar.set_postfix(loss=f"{metrics['loss']:.3f}", tau=f"{metrics['tau_prob']:.2f}")
-      if done % t.log_every == 0 or done == t.steps:
-        scalars = distill.pool(window)
-        scalars.update(grad_norm=float(sums["grad_norm"]), lr=float(sums["lr"]),
-                       tokens_per_s=window_tokens / max(time.perf_counter() - window_start, 1e-9))
-        writer.scalars(done, {f"train/{k}": v for k, v in scalars.items()})
-        window, window_tokens, window_start = [], 0.0, time.perf_counter()
-      if done % t.eval_every == 0 or done == t.steps:
-        held = evaluate(eval_step, state, target_arrays, data, batch_sh)
-        last["tau_prob"] = held["tau_prob"]
-        writer.scalars(done, {f"val/{k}": v for k, v in held.items()})
-        if is_main():
-          bar.write(f"step {done}: loss {metrics['loss']:.4f}  held-out tau_prob {held['tau_prob']:.4f} "
-                    f"(init {meta['tau_prob_init']:.4f})")
-        window_start = time.perf_counter()
-      meta = {**meta, "tokens_seen": tokens_seen, "seconds": seconds, "loss": metrics["loss"],
-              "tau_prob": last["tau_prob"]}
-      if done % t.checkpoint_every == 0 or done == t.steps:
-        ckpt.save(done, state, {"processes": _gather_data_states(data.state())}, meta, force=done == t.steps)
-    bar.close()
-  ckpt.wait()
+    totals = Totals(meta["tokens_seen"], meta["seconds"])
+    state, meta, last = run_steps(
+        train=t, state=state, start=start, ckpt=ckpt, meta=meta, totals=totals, step=step, log_window=log_window,
+        evaluate=evaluate_at, data_state=data.state, data_key="processes", desc="train_drafter",
+        postfix={"loss": "loss", "tau": "tau_prob"}, eval_keys=("tau_prob",), what="drafter loss")
   final = ckpt.latest_step()
   ckpt.close()
   writer.close()
@@ -275,6 +252,7 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   return {"step": int(state["step"]), "loss": last["loss"] if start < t.steps else meta.get("loss"),
           "tau_prob": last["tau_prob"], "tau_prob_init": meta["tau_prob_init"],
           "checkpoint": str(ckpt.directory / str(final)) if final is not None else None,
-          "features": t.features, "bytes_per_token": bpt[t.features], "tokens_seen": tokens_seen,
-          "train_seconds": seconds, "tokens_per_s": tokens_seen / max(seconds, 1e-9),
-          "started_by": {k: meta.get(k) for k in ("command", "commit", "commit_dirty")}}
+          "features": t.features, "bytes_per_token": bpt[t.features], "tokens_seen": totals.tokens_seen,
+          "train_seconds": totals.seconds, "tokens_per_s": totals.tokens_seen / max(totals.seconds, 1e-9),
+          "started_by": {k: meta.get(k) for k in ("command", "commit", "commit_dirty")},
+          "resumes": meta.get("resumes", [])}

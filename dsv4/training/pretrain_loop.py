@@ -16,26 +16,25 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from dsv4.configs import model_config
 from dsv4.data.corpus import unigram_entropy
-from dsv4.errors import ConfigError, TrainingError
+from dsv4.errors import ConfigError
 from dsv4.model.sharded import init_sharded
 from dsv4.parallel.config import mesh_from_config, rules_from_config
-from dsv4.parallel.distributed import is_main
 from dsv4.parallel.rules import logical_to_spec
 from dsv4.training import data_setup, pretrain, train_state
 from dsv4.training.checkpointing import TrainCheckpointer
+from dsv4.training.loop import StepOut, Totals, TrainingError, find_run, log, report, run_steps, stoppable
 from dsv4.training.optimizer import learning_rate, make_optimizer
-from dsv4.training.progress import progress
 from dsv4.training.tensorboard import ScalarWriter
 from dsv4.training.throughput import compiled_flops, measured_matmul_flops
+from dsv4.training.workdir import check_reuse, check_shared, describe_changes, resume_entry
+
+__all__ = ["TrainingError", "check_batch", "check_config", "evaluate", "run", "validation_unigram_entropy"]
 
 
-def _log(msg: str) -> None:
-  if is_main():
-    print(msg, flush=True)
+_log = log
 
 
 def check_config(config, n_devices: int) -> None:
@@ -64,35 +63,38 @@ def _global_batch(local: dict, shardings: dict) -> dict:
   return {k: jax.make_array_from_process_local_data(shardings[k], local[k]) for k in pretrain.BATCH_FIELDS}
 
 
-def _gather_stream_states(stream) -> list[dict]:
-  """Every process's stream state (small ints), so process 0 can write them all in the checkpoint."""
-  local = stream.get_state()
-  cursor = np.asarray([local[k] for k in ("epoch", "index", "offset", "step")], np.int64)
-  cursors = np.asarray(multihost_utils.process_allgather(cursor)).reshape(jax.process_count(), 4)
-  return [{**local, "process_index": p, **dict(zip(("epoch", "index", "offset", "step"), map(int, c), strict=True))}
-          for p, c in enumerate(cursors)]
-
-
 def evaluate(eval_step, state, stream_factory, batch_shardings, max_batches: int) -> float:
-  """Mean next-token CE over the validation stream (pooled over counted positions)."""
-  total = count = 0.0
+  """Mean next-token CE over the validation stream (pooled over counted positions).
+
+  The per-batch sums stay on the devices until the pass ends: no host round trip per batch, so the host packs and
+  places the next batch while the devices still run this one.
+  """
+  sums = []
   for i, local in enumerate(stream_factory()):
     if max_batches and i >= max_batches:
       break
-    s, n = eval_step(state["params"], state["frozen"], _global_batch(local, batch_shardings))
+    sums.append(eval_step(state["params"], state["frozen"], _global_batch(local, batch_shardings)))
+  total = count = 0.0
+  for s, n in jax.device_get(sums):
     total, count = total + float(s), count + float(n)
   return total / max(count, 1.0)
 
 
+@stoppable
 def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   """Trains to `config.train.steps` (resuming from WORKDIR/checkpoints); `provenance` (command, commit) goes into
-  every checkpoint's metadata."""
+  every checkpoint's metadata. A signal stops it with a checkpoint (`Interrupted`)."""
   workdir = Path(workdir)
   check_config(config, jax.device_count())
   model_cfg = model_config(config)
   t, d = config.train, config.data
   mesh, rules = mesh_from_config(config), rules_from_config(config)
   check_batch(t.batch_size, mesh, rules)
+  check_shared(workdir)
+  latest, saved_meta = find_run(workdir / "checkpoints")
+  changes = {}
+  if latest is not None:  # refuse another run's workdir before any compute or write
+    changes = check_reuse(saved_meta, config, "target", workdir, latest)
 
   splits = data_setup.load_splits(d, model_cfg, log=_log)
   stream = data_setup.train_stream(splits, d, model_cfg, t.batch_size)
@@ -110,81 +112,64 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   ckpt = TrainCheckpointer(workdir / "checkpoints", every=t.checkpoint_every, keep=t.keep_checkpoints,
                            async_save=t.async_checkpoints)
   meta = {"config": json.loads(config.to_json()), "tokens_seen": 0, "seconds": 0.0, **(provenance or {})}
-  latest = ckpt.latest_step()
   if latest is not None:
     state, data_state, meta = ckpt.restore(train_state.abstract_state(state, shardings))
     stream.set_state(data_state["streams"][jax.process_index()])
-    # Keep how the run got here: each resume's command and config (a resume may extend train.steps).
-    meta["resumes"] = [*meta.get("resumes", []), {"from_step": latest, **(provenance or {}),
+    # Keep how the run got here: each resume's command, config and changes (a resume may extend train.steps).
+    meta["resumes"] = [*meta.get("resumes", []), {**resume_entry(changes, latest, provenance),
                                                   "train": json.loads(config.train.to_json())}]
     meta["config"] = json.loads(config.to_json())
-    _log(f"resuming from {ckpt.directory / str(latest)} (step {latest})")
+    _log(f"resuming from {ckpt.directory / str(latest)} (step {latest})"
+         + (f" with {describe_changes(changes)}" if changes else ""))
   start = int(state["step"])
 
   writer = ScalarWriter(workdir / "tensorboard")
   if start == 0:
     writer.text(0, "config", config.to_json(indent=2))
   peak = measured_matmul_flops(jnp.bfloat16 if model_cfg.dtype == "bfloat16" else jnp.float32)
-  compiled = step_flops = None
-  last = {"loss": math.nan, "val_loss": None}
-  bar = progress(t.steps, initial=start, desc="train_target")
-  tokens_seen, seconds = meta["tokens_seen"], meta["seconds"]
-  train_seconds = 0.0  # this session's step time
-  window_tokens, window_steps, window_start = 0.0, 0, time.perf_counter()
+  compiled = {}  # compiled once, ahead of time, to read XLA's FLOP count off the executable
+
+  def step(state, i):
+    batch = _global_batch(next(stream), batch_sh)
+    if not compiled:
+      compiled["step"] = train_step.lower(state, batch).compile()
+      compiled["flops"] = compiled_flops(compiled["step"])
+    tick = time.perf_counter()
+    state, metrics = compiled["step"](state, batch)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    return state, StepOut(metrics, metrics["tokens"], time.perf_counter() - tick)
+
+  def log_window(done, window, tokens_per_s):
+    metrics = {**window[-1], "tokens_per_s": tokens_per_s}
+    if compiled.get("flops"):
+      metrics["mfu"] = compiled["flops"] * (tokens_per_s / max(metrics["tokens"], 1.0)) / (
+          peak * jax.local_device_count())
+    writer.scalars(done, metrics)
+
+  def evaluate_at(state, done, metrics):
+    # Periodic evaluations may use a prefix of the split; the final one uses all of it.
+    val_loss = evaluate(eval_step, state, val_factory, batch_sh, 0 if done == t.steps else t.eval_batches)
+    writer.scalars(done, {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))})
+    report(f"step {done}: loss {metrics['loss']:.4f}  val_loss {val_loss:.4f}")
+    return {"val_loss": val_loss}
+
+  totals = Totals(meta["tokens_seen"], meta["seconds"])
   with jax.set_mesh(mesh):
-    for step in range(start, t.steps):
-      batch = _global_batch(next(stream), batch_sh)
-      if compiled is None:  # compile once, ahead of time, and read XLA's FLOP count off the executable
-        compiled = train_step.lower(state, batch).compile()
-        step_flops = compiled_flops(compiled)
-      tick = time.perf_counter()
-      state, metrics = compiled(state, batch)
-      metrics = {k: float(v) for k, v in metrics.items()}
-      train_seconds += time.perf_counter() - tick
-      seconds += time.perf_counter() - tick
-      done = step + 1
-      if not all(math.isfinite(v) for v in metrics.values()):
-        ckpt.wait()
-        kept = ckpt.latest_step()
-        ckpt.close()
-        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-        raise TrainingError(f"non-finite {bad} at step {done}; stopped without saving it. The last good checkpoint "
-                            f"is {'none' if kept is None else ckpt.directory / str(kept)}; lower config.train.lr "
-                            "or check the data, then re-run to resume from it.")
-      tokens_seen += metrics["tokens"]
-      window_tokens += metrics["tokens"]
-      window_steps += 1
-      last["loss"] = metrics["loss"]
-      bar.update(1)
-      bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-      if done % t.log_every == 0 or done == t.steps:
-        elapsed = time.perf_counter() - window_start
-        tps = window_tokens / max(elapsed, 1e-9)
-        metrics["tokens_per_s"] = tps
-        if step_flops:
-          metrics["mfu"] = step_flops * (tps / max(metrics["tokens"], 1.0)) / (peak * jax.local_device_count())
-        writer.scalars(done, metrics)
-        window_tokens, window_steps, window_start = 0.0, 0, time.perf_counter()
-      if done % t.eval_every == 0 or done == t.steps:
-        # Periodic evaluations may use a prefix of the split; the final one uses all of it.
-        last["val_loss"] = evaluate(eval_step, state, val_factory, batch_sh, 0 if done == t.steps else t.eval_batches)
-        writer.scalars(done, {"val_loss": last["val_loss"], "val_perplexity": math.exp(min(last["val_loss"], 50))})
-        bar.write(f"step {done}: loss {metrics['loss']:.4f}  val_loss {last['val_loss']:.4f}") if is_main() else None
-        window_tokens, window_steps, window_start = 0.0, 0, time.perf_counter()  # evaluation is not training
-      meta = {**meta, "tokens_seen": tokens_seen, "seconds": seconds, "loss": metrics["loss"],
-              "val_loss": last["val_loss"]}
-      if done % t.checkpoint_every == 0 or done == t.steps:
-        ckpt.save(done, state, {"streams": _gather_stream_states(stream)}, meta, force=done == t.steps)
-  bar.close()
-  ckpt.wait()
+    state, meta, last = run_steps(
+        train=t, state=state, start=start, ckpt=ckpt, meta=meta, totals=totals, step=step,
+        log_window=log_window, evaluate=evaluate_at, data_state=stream.get_state, data_key="streams",
+        desc="train_target", postfix={"loss": "loss"}, eval_keys=("val_loss",))
   final = ckpt.latest_step()
   ckpt.close()
   writer.close()
+  step_flops = compiled.get("flops")
   return {"step": int(state["step"]), "loss": last["loss"], "val_loss": last["val_loss"],
           "checkpoint": str(ckpt.directory / str(final)) if final is not None else None,
-          "tokens_seen": tokens_seen, "train_seconds": seconds, "tokens_per_s": tokens_seen / max(seconds, 1e-9),
+          "tokens_seen": totals.tokens_seen, "train_seconds": totals.seconds,
+          "tokens_per_s": totals.tokens_seen / max(totals.seconds, 1e-9),
           "step_flops": step_flops, "matmul_flops_per_device": peak,
-          "mfu": step_flops * (t.steps - start) / train_seconds / peak if step_flops and train_seconds else None}
+          "mfu": step_flops * totals.session_steps / totals.session_seconds / peak
+          if step_flops and totals.session_seconds else None}
 
 
 def validation_unigram_entropy(splits, vocab_size: int) -> float:

@@ -345,13 +345,18 @@ def test_interrupted_save_keeps_the_old_split(tmp_path, monkeypatch):
   assert listing(tmp_path / "out") == before
 
 
-def test_script_prints_one_json_line(target, tmp_path, capsys):
+def _script():
   import importlib.util
-  path, _, _ = target
   spec = importlib.util.spec_from_file_location("regenerate_script", os.path.join(
       os.path.dirname(__file__), "..", "..", "scripts", "regenerate.py"))
   script = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(script)
+  return script
+
+
+def test_script_prints_one_json_line(target, tmp_path, capsys):
+  path, _, _ = target
+  script = _script()
   src = write_jsonl(tmp_path / "code.jsonl", [{"text": t} for t in CODE])
   argv = ["--target", str(path), "--prompts", src, "--split", "train", "--num_prompts", "3", "--prompt_tokens",
           str(PROMPT), "--max_new_tokens", str(NEW), "--temperature", "0", "--batch_size", "2", "--no_progress",
@@ -363,3 +368,41 @@ def test_script_prints_one_json_line(target, tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
     script.main(argv)
   assert exit_info.value.code == 2 and "already holds split 'train'" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_the_finished_batches_and_the_rerun_resumes_after_them(target, tmp_path, capsys, monkeypatch):
+  import signal
+
+  import datasets
+  path, _, _ = target
+  script = _script()
+  src = write_jsonl(tmp_path / "code.jsonl", [{"text": t} for t in CODE])
+  argv = lambda out: ["--target", str(path), "--prompts", src, "--split", "train", "--num_prompts", "6",  # noqa: E731
+                      "--prompt_tokens", str(PROMPT), "--max_new_tokens", str(NEW), "--temperature", "1.0",
+                      "--batch_size", "2", "--no_progress", "--out", str(out)]
+  script.main(argv(tmp_path / "straight"))
+  seed = regen.batch_seed
+  ran, interrupt = [], [True]
+
+  def interrupted_at_batch_2(s, b):
+    ran.append(b)
+    if b == 2 and interrupt[0]:
+      signal.raise_signal(signal.SIGINT)  # as Ctrl-C during the third batch
+    return seed(s, b)
+
+  monkeypatch.setattr(regen, "batch_seed", interrupted_at_batch_2)
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as info:
+    script.main(argv(tmp_path / "out"))
+  err = capsys.readouterr().err
+  assert info.value.code == 130 and "Traceback" not in err
+  assert "the responses of 4 of 6 prompts are kept" in err and "re-run the same command to resume" in err
+  assert not (tmp_path / "out" / "train").exists() and regen.partial_path(tmp_path / "out", "train").is_file()
+
+  ran.clear()
+  interrupt[0] = False
+  script.main(argv(tmp_path / "out"))
+  assert ran == [2] and "resuming: 4 of 6 responses kept" in capsys.readouterr().err  # batches 0 and 1 not rerun
+  a, b = (datasets.load_from_disk(str(tmp_path / d))["train"] for d in ("straight", "out"))
+  assert a["ids"] == b["ids"] and a["target_mask"] == b["target_mask"]
+  assert not regen.partial_path(tmp_path / "out", "train").exists()

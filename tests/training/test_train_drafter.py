@@ -4,6 +4,13 @@ one; the offline feature cache reproduces the online loss; `load_drafter` finds 
 bad configs fail before compute."""
 
 import functools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -17,7 +24,10 @@ from dsv4.errors import TargetError
 from dsv4.model import ModelConfig, Transformer
 from dsv4.model.config import ConfigError
 from dsv4.training import distill, distill_loop, pretrain_loop
+from dsv4.training.interrupts import Interrupted
+from dsv4.training.workdir import WorkdirError
 
+REPO = Path(__file__).resolve().parents[2]
 STEPS = 20
 KINDS = ("dspark", "dflash", "eagle3", "mtp")
 
@@ -168,3 +178,89 @@ def test_bad_configs_fail_before_compute(field, value, match, tiny_target, tmp_p
   with pytest.raises(ConfigError, match=match):
     distill_loop.run(config, tmp_path)
   assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_saves_it_and_resuming_equals_an_uninterrupted_run(tiny_target, tmp_path_factory,
+                                                                                      tmp_path, monkeypatch):
+  straight, _ = trained("dspark", tiny_target, tmp_path_factory)
+  config = drafter_config("dspark", tiny_target)  # async saves: the stop must wait for the commit
+  make = distill.make_train_step
+
+  def signalled(*args, **kwargs):
+    step, calls = make(*args, **kwargs), [0]
+
+    def run(*a):
+      calls[0] += 1
+      if calls[0] == 14:
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives during step 14, between checkpoints
+      return step(*a)
+    return run
+
+  monkeypatch.setattr(distill, "make_train_step", signalled)
+  with pytest.raises(Interrupted) as info:
+    distill_loop.run(config, tmp_path)
+  assert (info.value.step, info.value.exit_code) == (14, 143)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10", "14"]  # committed, no tmp folder
+  monkeypatch.setattr(distill, "make_train_step", make)
+  assert distill_loop.run(config, tmp_path)["step"] == STEPS
+  flat_a = traverse_util.flatten_dict(_params(straight / "checkpoints" / str(STEPS)))
+  flat_b = traverse_util.flatten_dict(_params(tmp_path / "checkpoints" / str(STEPS)))
+  assert flat_a.keys() == flat_b.keys()
+  for k in flat_a:
+    np.testing.assert_array_equal(flat_a[k], flat_b[k], err_msg=str(k))
+
+
+def _snapshot(workdir):
+  return {str(p.relative_to(workdir)): (p.stat().st_size, p.stat().st_mtime_ns) for p in workdir.rglob("*")}
+
+
+@pytest.mark.slow  # needs the trained runs of this module
+@pytest.mark.parametrize("change, message", [
+    (dict(kind="dflash"), r"holds a dspark run, and this is a dflash run; use a new --workdir or the --config"),
+    (dict(block_size=3), r"holds a dspark run with another config; .*Changed: drafter\.block_size: 4 → 3"),
+])
+def test_a_drafter_workdir_reused_for_another_run_is_refused_naming_the_change(change, message, tiny_target,
+                                                                               tmp_path_factory):
+  workdir, _ = trained("dspark", tiny_target, tmp_path_factory)
+  if "kind" in change:
+    config = drafter_config(change["kind"], tiny_target)
+  else:
+    config = drafter_config("dspark", tiny_target)
+    config.drafter.update(change)
+  before = _snapshot(workdir)
+  with pytest.raises(WorkdirError, match=message) as info:
+    distill_loop.run(config, workdir)
+  assert re.search(r"config hash [0-9a-f]{12}", str(info.value))
+  assert _snapshot(workdir) == before
+
+
+@pytest.mark.slow  # needs the trained tiny target of this module
+def test_train_drafter_on_a_target_workdir_says_so_in_one_line(tiny_target, tmp_path):
+  target_dir, corpus = tiny_target
+  before = _snapshot(target_dir)
+  out = subprocess.run(
+      [sys.executable, str(REPO / "scripts/train_drafter.py"), "--config", str(REPO / "configs/drafter/dspark.py:tiny"),
+       "--workdir", str(target_dir), f"--config.target.path={target_dir}", "--config.target.config=",
+       f"--config.data.corpus_dir={corpus}"],
+      env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 1
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and "is a target pretraining workdir" in errors[0], out.stderr[-3000:]
+  assert "Traceback" not in out.stderr
+  assert _snapshot(target_dir) == before
+
+
+@pytest.mark.slow  # resumes a copy of a trained run
+def test_a_safe_change_resumes_and_is_recorded_in_the_history(tiny_target, tmp_path_factory, tmp_path, capsys):
+  workdir, _ = trained("dspark", tiny_target, tmp_path_factory)
+  shutil.copytree(workdir, tmp_path / "run")
+  config = drafter_config("dspark", tiny_target, steps=STEPS + 2, lr=1e-4)
+  result = distill_loop.run(config, tmp_path / "run", provenance={"command": "python train_drafter.py --lr"})
+  assert result["step"] == STEPS + 2
+  printed = capsys.readouterr().out
+  assert re.search(rf"resuming from .*/{STEPS} \(step {STEPS}\) with train\.lr .* → 0\.0001, train\.steps {STEPS} "
+                   rf"→ {STEPS + 2}", printed), printed
+  [entry] = result["resumes"]
+  assert entry["from_step"] == STEPS and entry["command"] == "python train_drafter.py --lr"
+  assert entry["changes"]["train.lr"][1] == 1e-4 and entry["changes"]["train.steps"] == [STEPS, STEPS + 2]
