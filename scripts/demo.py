@@ -6,6 +6,7 @@ corpus first if needed, which takes about half a minute), and lets the target co
 The drafter and speculative-decoding stages of the demo land with the drafter work.
 """
 
+import argparse
 import json
 import sys
 import time
@@ -22,7 +23,13 @@ TARGET = Path(__file__).resolve().parents[1] / "assets" / "targets" / "small"
 PROMPT_TOKENS, NEW_TOKENS, N_PROMPTS = 96, 64, 2
 
 
+def bold(text: str) -> str:
+  """Bold on a terminal only: piped output (a log file, `| less`) gets plain text, not escape codes."""
+  return f"\033[1m{text}\033[0m" if sys.stdout.isatty() else f"[{text}]"
+
+
 def main():
+  argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
   provenance = json.loads((TARGET / "provenance.json").read_text())
   print(f"target: {TARGET} ({provenance['params'] / 1e6:.1f}M params, {provenance['tokens_seen'] / 1e6:.1f}M "
         f"training tokens, validation CE {provenance['val_loss']:.3f} nats = "
@@ -38,7 +45,7 @@ def main():
   seconds = time.time() - t0
   for row, prompt, out in zip(held_out, prompts, outputs, strict=True):
     print(f"\n=== {row['path']} (held out) — prompt tail, then the target's greedy continuation ===")
-    print(tokenizer.decode(prompt[-32:]) + "\033[1m" + tokenizer.decode(out) + "\033[0m")
+    print(tokenizer.decode(prompt[-32:]) + bold(tokenizer.decode(out)))
   print(json.dumps({"target": str(TARGET), "prompts": len(prompts), "new_tokens": sum(map(len, outputs)),
                     "seconds_incl_compile": round(seconds, 1), "val_loss": provenance["val_loss"]}))
 
