@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from dsv4.kernels.tiled_moe import n_tiles, tile_layout
 from dsv4.model import moe as moe_lib
 from dsv4.model.config import ModelConfig
-from dsv4.model.moe import MoE, n_tiles, tile_layout
+from dsv4.model.moe import MoE
 
 D, I, V = 16, 8, 64
 LIMIT = 1.0  # small enough that the clamps of the SwiGLU are exercised
