@@ -4,9 +4,10 @@
   python scripts/convert_checkpoint.py --src runs/ckpt --dst hf_out --to-hf    # dsv4 → HF
   python scripts/convert_checkpoint.py --src model.gguf --dst hf_out --to-hf   # GGUF → HF (+ tokenizer)
   python scripts/convert_checkpoint.py --src smollm2-135m-instruct --dst hf_out --to-hf
+  python scripts/convert_checkpoint.py --src smollm2-135m-instruct --dst runs/smollm2   # GGUF → dsv4 (orbax)
 
 A GGUF source (a .gguf file or a known model name) is dequantised to float32 with llama.cpp's Q/K permutation
-undone; its tokenizer and chat template are written next to the weights.
+undone; its tokenizer (and, for transformers' format, its chat template) is written next to the weights.
 """
 
 import argparse
@@ -18,8 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dsv4.io.checkpoint import load_model, save_model  # noqa: E402
+from dsv4.io.gguf import GGUFFile  # noqa: E402
+from dsv4.io.gguf import from_pretrained as gguf_from_pretrained  # noqa: E402
 from dsv4.io.gguf_convert import gguf_to_hf_dir  # noqa: E402
-from dsv4.io.gguf_models import MODELS  # noqa: E402
+from dsv4.io.gguf_models import MODELS, resolve  # noqa: E402
 from dsv4.io.hf import from_pretrained, save_pretrained  # noqa: E402
 from dsv4.parallel import distributed  # noqa: E402
 
@@ -39,15 +42,22 @@ def main(argv=None):
     p.error(f"--dst {dst}: exists; pass --overwrite to replace it")
   t0 = time.time()
   if is_gguf:
-    if not args.to_hf:
-      p.error("a GGUF source converts to transformers' format only: pass --to-hf")
     try:
-      gguf_to_hf_dir(src, dst, overwrite=args.overwrite)
+      if args.to_hf:
+        gguf_to_hf_dir(src, dst, overwrite=args.overwrite)
+        layers = json.loads((dst / "config.json").read_text())["num_hidden_layers"]
+      else:
+        model = gguf_from_pretrained(src)
+        save_model(model, dst, overwrite=args.overwrite)
+        tokenizer = GGUFFile(resolve(src)).tokenizer()  # None when the file carries none
+        if tokenizer is not None and distributed.is_main():
+          tokenizer.tokenizer.save(str(dst / "tokenizer.json"))  # generate.py --checkpoint finds it there
+        layers = model.config.num_hidden_layers
     except (ValueError, FileNotFoundError) as e:  # unknown name, missing wheel, bad GGUF: one clear line
       p.error(str(e))
-    config = json.loads((dst / "config.json").read_text())
-    print(json.dumps({"src": str(src), "dst": str(dst), "direction": "gguf->hf",
-                      "num_hidden_layers": config["num_hidden_layers"], "seconds": round(time.time() - t0, 2)}))
+    if distributed.is_main():
+      print(json.dumps({"src": str(src), "dst": str(dst), "direction": "gguf->hf" if args.to_hf else "gguf->dsv4",
+                        "num_hidden_layers": layers, "seconds": round(time.time() - t0, 2)}))
     return
   if args.to_hf:
     model = load_model(src)

@@ -1,4 +1,4 @@
-"""GGUF → transformers directory (dsv4.io.gguf_convert, scripts/convert_checkpoint.py): transformers loads the
+"""GGUF → transformers directory or dsv4 (orbax) checkpoint (scripts/convert_checkpoint.py): transformers loads the
 result with the logits it computes from the GGUF itself, and the SmolLM2 tokenizer and chat template survive."""
 
 import json
@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from dsv4.io.gguf_convert import gguf_to_hf_dir
 from dsv4.io.gguf_tokenizer import load_tokenizer
-from tests.io.gguf_fixtures import smollm2_path, tiny_llama, write_llama_gguf
+from tests.io.gguf_fixtures import smollm2_path, tiny_llama, tiny_model, write_llama_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,3 +55,23 @@ def test_smollm2_tokenizer_and_chat_template_survive(tmp_path):
   assert text == ours.render_chat(messages)
   assert ref(text, add_special_tokens=False)["input_ids"] == ours.chat_ids(messages)
   assert (ref.bos_token_id, ref.eos_token_id) == (ours.bos_id, ours.eos_id)
+
+
+def test_gguf_to_orbax_checkpoint_restores_the_same_model(tmp_path):
+  """GGUF → dsv4 (orbax) with the script; load_model gives the logits transformers computes from the GGUF."""
+  import jax.numpy as jnp
+
+  from dsv4.io.checkpoint import load_model
+  src = tmp_path / "tiny.gguf"
+  write_llama_gguf(src, tiny_model("qwen3", seed=4, tie=True))
+  out = subprocess.run([sys.executable, str(ROOT / "scripts/convert_checkpoint.py"), "--src", str(src), "--dst",
+                        str(tmp_path / "ckpt")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert out.returncode == 0, out.stderr
+  assert json.loads(out.stdout.strip().splitlines()[-1])["direction"] == "gguf->dsv4"
+  model = load_model(tmp_path / "ckpt")
+  ref = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=src.name, dtype=torch.float32).eval()
+  ids = np.random.default_rng(1).integers(0, 96, (2, 21))
+  with torch.no_grad():
+    want = ref(torch.tensor(ids)).logits.numpy()
+  got = np.asarray(model.forward(jnp.asarray(ids)).logits_BTV)
+  assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
