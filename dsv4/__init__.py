@@ -1,7 +1,7 @@
 """dsv4: DSpark speculative-decoding drafters for DeepSeek-V4-style MoE targets, in JAX/Flax NNX.
 
-Layering (imports flow one way; tests/test_layering.py checks it): errors, kernels ← parallel ← model ← drafters
-← io ← inference / data ← training ← planning. Errors: dsv4.errors (one base, Dsv4Error). Shape letters in names
+Layering (imports flow one way; tests/test_layering.py checks it): errors, sampling, kernels ← parallel ← model ←
+drafters ← io (loading, and the one family switch dsv4.io.family) ← inference / data ← training ← planning. Errors: dsv4.errors (one base, Dsv4Error). Shape letters in names
 (`logits_BTV`): dsv4.glossary.
 """
 
@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 def from_pretrained(path, **kwargs):
   """A target from a transformers-format directory (config.json + safetensors), its family picked by
   config.json's `model_type` (deepseek_v4 → Transformer; llama, qwen2, qwen3 → DenseTransformer); see
-  dsv4.model.family."""
-  from dsv4.model.family import from_pretrained as _load
+  dsv4.io.family."""
+  from dsv4.io.family import from_pretrained as _load
   return _load(path, **kwargs)
 
 

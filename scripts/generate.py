@@ -64,7 +64,7 @@ def find_tokenizer(args):
     if d and (Path(d) / "tokenizer.json").exists():
       return JsonTokenizer(Path(d) / "tokenizer.json")
   if _is_gguf_model(args.model):
-    from dsv4.io.gguf_tokenizer import load_tokenizer
+    from dsv4.io.gguf import load_tokenizer
     return load_tokenizer(args.model)
   return None
 

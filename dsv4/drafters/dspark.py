@@ -39,9 +39,9 @@ from dsv4.drafters.features import Blocks, TargetFeatures
 from dsv4.drafters.heads import ConfidenceHead, SequentialHead
 from dsv4.drafters.layers import DenseLayer
 from dsv4.drafters.v4_layer import V4Layer, from_streams, stream_head, to_streams
-from dsv4.inference.sampling import draw
 from dsv4.model.config import ModelConfig
 from dsv4.model.layers import DTYPES, KeySeq, Linear, RMSNorm, param
+from dsv4.sampling import draw
 
 
 @jax.tree_util.register_dataclass
@@ -189,7 +189,7 @@ class DSpark(nnx.Module):
               temperature: float = 0.0, key=None, top_k: int = 0, top_p: float = 1.0,
               steps: int | None = None) -> Proposal:
     """Drafts G tokens after each anchor: greedy (argmax) at temperature 0, else sampled from
-    softmax(filter_logits(logits_k, T, top_k, top_p)) with fold_in(key, k) (dsv4.inference.sampling.draw). The
+    softmax(filter_logits(logits_k, T, top_k, top_p)) with fold_in(key, k) (dsv4.sampling.draw). The
     backbone runs once over all G slots; the slot steps then apply the sequential head with the token drafted at
     the previous slot (the anchor for slot 0). `steps` < G drafts only the first `steps` slots (the block the
     backbone sees is still the trained one)."""

@@ -42,11 +42,11 @@ from dsv4.drafters.config import DrafterConfig
 from dsv4.drafters.context import FrozenTarget
 from dsv4.drafters.dspark import Proposal
 from dsv4.drafters.features import Blocks, TargetFeatures
-from dsv4.inference.sampling import draw
 from dsv4.model.attention import attend
 from dsv4.model.config import ConfigError, ModelConfig
 from dsv4.model.layers import DTYPES, KeySeq
 from dsv4.model.mtp import MTPModule
+from dsv4.sampling import draw
 
 
 @jax.tree_util.register_dataclass

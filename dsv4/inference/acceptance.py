@@ -23,7 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dsv4.inference.sampling import filter_logits
+from dsv4.sampling import filter_logits
 
 
 def greedy_accept(target_logits_BNV, drafts_BG):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dsv4.inference.sampling import row_keys, sample
+from dsv4.sampling import row_keys, sample
 
 
 def _check_prompts(prompts, max_new_tokens: int, vocab_size: int, max_positions: int, eos_id):

@@ -51,8 +51,8 @@ from flax import nnx
 from dsv4.inference.acceptance import lossless_accept
 from dsv4.inference.draft_state import adapter_for
 from dsv4.inference.generate import pad_prompts
-from dsv4.inference.sampling import row_keys, sample
 from dsv4.model.decode import rollback
+from dsv4.sampling import row_keys, sample
 
 
 def _emit(drafts_BG, a_B, added_B, n_new_B, live_B, eos_id, max_new_tokens: int):

@@ -1,7 +1,7 @@
 """Our own model checkpoint: an orbax PyTree checkpoint of the NNX state plus `dsv4_config.json`.
 
 Layout: DIR/state (orbax, written atomically by orbax's temp-dir-then-rename) and DIR/dsv4_config.json (the
-config's `to_dict()`, plus its `family` for any target family but DeepSeek-V4; dsv4.model.family).
+config's `to_dict()`, plus its `family` for any target family but DeepSeek-V4; dsv4.io.family).
 Restoring goes through the abstract model, so arrays can be restored straight into target shardings.
 """
 
@@ -15,11 +15,11 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from dsv4.io.family import build_model, config_from_mapping, config_to_mapping
 from dsv4.io.safetensors_dir import CheckpointError
 from dsv4.model.config import ModelConfig
 from dsv4.model.dense import DenseTransformer
 from dsv4.model.dense_config import DenseConfig
-from dsv4.model.family import build_model, config_from_mapping, config_to_mapping
 from dsv4.model.transformer import Transformer
 
 CONFIG_FILE = "dsv4_config.json"
@@ -42,7 +42,7 @@ def save_model(model: Transformer | DenseTransformer, directory: str | os.PathLi
 
 
 def read_model_config(directory: str | os.PathLike, **overrides) -> ModelConfig | DenseConfig:
-  """The saved config, of the family it records (dsv4.model.family)."""
+  """The saved config, of the family it records (dsv4.io.family)."""
   path = Path(directory) / CONFIG_FILE
   if not path.exists():
     raise CheckpointError(f"{path}: missing; not a dsv4 model checkpoint (or its save did not finish).")

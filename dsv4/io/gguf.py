@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dsv4.io import gguf_quant
+from dsv4.io.gguf_tokenizer import GGUFTokenizer, tokenizer_from_reader
 
 # general.architecture → transformers model_type. Only llama's converter permutes Q/K rows.
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
@@ -268,8 +269,14 @@ class GGUFFile:
 
   def tokenizer(self):
     """dsv4.io.gguf_tokenizer.GGUFTokenizer, or None when the file carries no tokenizer metadata."""
-    from dsv4.io.gguf_tokenizer import tokenizer_from_reader
     return tokenizer_from_reader(self.reader, self.path) if "tokenizer.ggml.tokens" in self.reader.fields else None
+
+
+def load_tokenizer(path_or_name) -> GGUFTokenizer:
+  """The tokenizer of a GGUF file or a known model name (dsv4.io.gguf_models); no tensors are read."""
+  from dsv4.io.gguf_models import resolve
+  path = resolve(path_or_name)
+  return tokenizer_from_reader(open_reader(path), str(path))
 
 
 def load_gguf(path: str | os.PathLike):

@@ -148,10 +148,3 @@ def tokenizer_from_reader(reader, where: str) -> GGUFTokenizer:
   fields = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
   return build_tokenizer(fields, where)
 
-
-def load_tokenizer(path_or_name) -> GGUFTokenizer:
-  """The tokenizer of a GGUF file or a known model name (dsv4.io.gguf_models); no tensors are read."""
-  from dsv4.io.gguf import open_reader
-  from dsv4.io.gguf_models import resolve
-  path = resolve(path_or_name)
-  return tokenizer_from_reader(open_reader(path), str(path))

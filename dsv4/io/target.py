@@ -2,7 +2,7 @@
 
 A target directory is one of (`target_format`):
   transformers  config.json + *.safetensors: an export such as assets/targets/small, of the family its
-                `model_type` names (dsv4.model.family)
+                `model_type` names (dsv4.io.family)
   dsv4          dsv4_config.json + state/: a dsv4 model checkpoint (dsv4.io.checkpoint)
   workdir       a `train_target.py` workdir: the latest finished step under checkpoints/ (parameters, routing state,
                 and the run's config in its metadata)
@@ -26,8 +26,7 @@ from flax import nnx
 
 from dsv4.configs import model_config
 from dsv4.errors import CheckpointError, TargetError
-from dsv4.io import checkpoint
-from dsv4.model import family
+from dsv4.io import checkpoint, family
 from dsv4.model.config import ModelConfig
 from dsv4.model.layers import FrozenState
 from dsv4.model.transformer import Transformer

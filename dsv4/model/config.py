@@ -72,7 +72,7 @@ class ModelConfig:
   moe_capacity_factor: float = 0.0  # expert_parallel only: 0 = dropless; f > 0 = ceil(f·N/n) slots per peer buffer
   dtype: str = "float32"        # compute dtype of activations
   param_dtype: str = "float32"  # storage dtype of matmul weights (norms, mHC, router bias stay fp32)
-  family: ClassVar[str] = "deepseek_v4"  # not a field: the target family (dsv4.model.family)
+  family: ClassVar[str] = "deepseek_v4"  # not a field: the target family (dsv4.io.family)
 
   def __post_init__(self):
     validate(self)

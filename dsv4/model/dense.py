@@ -21,12 +21,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dsv4.model.decode import ExtendOutput
+from dsv4.model.dense_attention import attend_gqa
 from dsv4.model.dense_config import DenseConfig
+from dsv4.model.dense_decode import extend as _extend
+from dsv4.model.dense_decode import init_state as _init_state
 from dsv4.model.dense_rope import apply_rope_half, dense_inv_frequencies
 from dsv4.model.layers import DTYPES, KeySeq, Linear, RMSNorm, param
 from dsv4.model.transformer import TargetOutput
-
-NEG = -0.7 * float(jnp.finfo(jnp.float32).max)  # masked score: finite, so a row with no visible key stays finite
 
 
 class Affine(Linear):
@@ -39,17 +40,6 @@ class Affine(Linear):
   def __call__(self, x):
     y = super().__call__(x)
     return y if self.bias is None else y + self.bias[...].astype(self.dtype)
-
-
-def attend_gqa(q_BTHK, k_BSJK, v_BSJK, mask_BTS):
-  """Softmax attention in fp32 with KV head j serving query heads j·G … j·G + G − 1. Returns [B, T, H, K]."""
-  B, T, H, K = q_BTHK.shape
-  J = k_BSJK.shape[2]
-  q = q_BTHK.astype(jnp.float32).reshape(B, T, J, H // J, K)
-  scores = jnp.einsum("btjgk,bsjk->bjgts", q, k_BSJK.astype(jnp.float32)) * K**-0.5
-  probs = jax.nn.softmax(jnp.where(mask_BTS[:, None, None], scores, NEG), axis=-1)
-  out = jnp.einsum("bjgts,bsjk->btjgk", probs, v_BSJK.astype(jnp.float32))
-  return out.reshape(B, T, H, K).astype(q_BTHK.dtype)
 
 
 class DenseAttention(nnx.Module):
@@ -173,9 +163,7 @@ class DenseTransformer(nnx.Module):
 
   # --- decode state (dsv4.model.dense_decode) -----------------------------------------------------
   def init_state(self, batch: int, max_len: int):
-    from dsv4.model.dense_decode import init_state  # that module imports this one
-    return init_state(self.config, batch, max_len)
+    return _init_state(self.config, batch, max_len)
 
   def extend(self, state, tokens_BN, n_valid_B=None, tap_layers: tuple[int, ...] = ()) -> tuple[ExtendOutput, object]:
-    from dsv4.model.dense_decode import extend
-    return extend(self, state, tokens_BN, n_valid_B, tap_layers)
+    return _extend(self, state, tokens_BN, n_valid_B, tap_layers)

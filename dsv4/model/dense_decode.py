@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from dsv4.model.decode import ExtendOutput
-from dsv4.model.dense import attend_gqa
+from dsv4.model.dense_attention import attend_gqa
 from dsv4.model.dense_config import DenseConfig
 from dsv4.model.layers import DTYPES
 

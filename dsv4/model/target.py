@@ -17,7 +17,7 @@ target model, whatever its family (DeepSeek-V4 `Transformer`, dense `DenseTransf
                           change, exact)
 
 Parameters carry logical axis names of the one rules table (dsv4.parallel.rules), so `state_shardings` shards any
-target; `count_params` counts any target through its family (dsv4.model.family). A family's V4-only features (MTP
+target; `dsv4.io.family.count_params` counts any target through its family. A family's V4-only features (MTP
 module, mHC streams) are absent from this interface: `config.family` says which family a target is, and the
 paths needing V4 internals check it once, where they validate their configuration.
 """
@@ -66,11 +66,4 @@ class Target(FeatureTarget, Protocol):
   def extend(self, state, tokens_BN, n_valid_B=None, tap_layers: tuple[int, ...] = ()): ...
 
 
-def count_params(target) -> dict:
-  """Parameter counts of a built (real or abstract) target, by its family's grouping: at least `total_params`,
-  `active_params` and `breakdown`."""
-  from dsv4.model.family import family_of
-  return family_of(target.config).count_params(target)
-
-
-__all__ = ["FeatureTarget", "Target", "TargetConfig", "TargetOutput", "count_params"]
+__all__ = ["FeatureTarget", "Target", "TargetConfig", "TargetOutput"]

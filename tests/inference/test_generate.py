@@ -9,7 +9,7 @@ import torch
 
 import dsv4
 from dsv4.inference.generate import prefill
-from dsv4.inference.sampling import filter_logits, row_keys, sample
+from dsv4.sampling import filter_logits, row_keys, sample
 from tests.io import hf_reference as ref
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+from dsv4.io.gguf import load_tokenizer
 from dsv4.io.gguf_convert import gguf_to_hf_dir
-from dsv4.io.gguf_tokenizer import load_tokenizer
 from tests.io.gguf_fixtures import smollm2_path, tiny_llama, tiny_model, write_llama_gguf
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dsv4.io.gguf_tokenizer import PRE_TOKENIZERS, TokenizerError, build_tokenizer, load_tokenizer
+from dsv4.io.gguf import load_tokenizer
+from dsv4.io.gguf_tokenizer import PRE_TOKENIZERS, TokenizerError, build_tokenizer
 from tests.io.gguf_fixtures import smollm2_path
 
 PATH = smollm2_path()

@@ -37,7 +37,7 @@ FALLBACK = ["Write a Python function that returns the n-th Fibonacci number, wit
 
 @pytest.fixture(scope="module")
 def tokenizer():
-  from dsv4.io.gguf_tokenizer import load_tokenizer
+  from dsv4.io.gguf import load_tokenizer
   return load_tokenizer(PATH)
 
 

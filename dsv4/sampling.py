@@ -1,7 +1,8 @@
 """Next-token sampling: greedy, temperature, top-k and top-p (nucleus), jit-friendly.
 
 Each sequence draws from its own key, fold_in(fold_in(seed, row), step), so a row's samples do not depend
-on which other prompts share its batch.
+on which other prompts share its batch. A top-level module because generation, the drafters' proposals and the
+speculative acceptance rule all filter with the same `filter_logits` (q and p must be processed alike).
 """
 
 from __future__ import annotations

@@ -162,3 +162,9 @@ def _gguf_reader():
     return None
   from dsv4.io import gguf
   return getattr(gguf, "from_pretrained", None)
+
+
+def count_params(target) -> dict:
+  """Parameter counts of a built (real or abstract) target, by its family's grouping: at least `total_params`,
+  `active_params` and `breakdown`."""
+  return family_of(target.config).count_params(target)
