@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dsv4.errors import CheckpointError
 from dsv4.io import gguf_quant
 from dsv4.io.gguf_tokenizer import GGUFTokenizer, tokenizer_from_reader
 
@@ -53,7 +54,7 @@ _TOP_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.wei
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
 
 
-class GGUFError(ValueError):
+class GGUFError(CheckpointError):
   """A GGUF file we cannot load; the message names the file and what is wrong."""
 
 

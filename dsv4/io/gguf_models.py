@@ -13,10 +13,12 @@ import logging
 import os
 from pathlib import Path
 
+from dsv4.errors import TargetError
+
 log = logging.getLogger(__name__)
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(TargetError, FileNotFoundError):
   """A model name or path dsv4 cannot resolve; the message says what to install or pass instead."""
 
 

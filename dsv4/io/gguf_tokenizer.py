@@ -17,6 +17,8 @@ import dataclasses
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
+from dsv4.errors import DataError
+
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's llama_token_type
 
 # llama.cpp's split regexes for the byte-level vocabularies (by `tokenizer.ggml.pre`).
@@ -45,7 +47,7 @@ PRE_TOKENIZERS = {
 }
 
 
-class TokenizerError(ValueError):
+class TokenizerError(DataError):
   """GGUF tokenizer metadata dsv4 cannot turn into a tokenizer; the message names the file and key."""
 
 
