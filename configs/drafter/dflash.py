@@ -1,4 +1,9 @@
-"""DFlash = DSpark without sequential or confidence head, CE-only loss: `configs/drafter/dflash.py:SCALE`."""
+"""DFlash = DSpark without sequential or confidence head: `configs/drafter/dflash.py:SCALE[,OBJECTIVE]`.
+
+OBJECTIVE is `data` (default): CE on the data tokens, as published; or `target`: the target's distribution with
+DSpark's own loss terms (CE 0.1 + L1 0.9), so that DSpark against it isolates the two heads. E.g.
+`configs/drafter/dflash.py:small,target`.
+"""
 
 import os
 import sys
@@ -6,8 +11,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from drafter_scales import config_for  # noqa: E402
 
-from dsv4.drafters.config import DFLASH  # noqa: E402
+from dsv4.drafters.config import DFLASH_OBJECTIVES  # noqa: E402
+from dsv4.errors import ConfigError  # noqa: E402
 
 
 def get_config(arg=None):
-  return config_for(dict(kind="dspark", **DFLASH), arg, "dflash.py")
+  scale, _, objective = (arg or "").partition(",")
+  objective = objective or "data"
+  if objective not in DFLASH_OBJECTIVES:
+    raise ConfigError(f"dflash.py:{arg}: unknown objective {objective!r}; choose one of {tuple(DFLASH_OBJECTIVES)} "
+                      "(e.g. dflash.py:small,target).")
+  return config_for(dict(kind="dspark", **DFLASH_OBJECTIVES[objective]), scale or None, "dflash.py")

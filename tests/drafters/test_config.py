@@ -62,3 +62,25 @@ def test_defaults_are_deepspec_and_dflash_is_a_config():
   f = dflash_config(hidden_size=32)
   assert isinstance(f, DrafterConfig) and f.kind == "dspark"
   assert (f.markov, f.confidence_head, f.alpha_ce, f.alpha_tv, f.alpha_conf) == ("none", False, 1.0, 0.0, 0.0)
+
+
+def test_dflash_objectives_differ_only_in_the_loss():
+  """`target` learns the target's distribution with DSpark's loss terms; `data` is the published CE-only loss. Both
+  have no heads, and the two DFlash configs differ in nothing else."""
+  data, target = dflash_config("data", hidden_size=32), dflash_config("target", hidden_size=32)
+  dspark = DrafterConfig(hidden_size=32)
+  assert (target.alpha_ce, target.alpha_tv) == (dspark.alpha_ce, dspark.alpha_tv)
+  assert (target.markov, target.confidence_head, target.alpha_conf) == ("none", False, 0.0)
+  differing = {k for k, v in data.to_dict().items() if target.to_dict()[k] != v}
+  assert differing == {"alpha_ce", "alpha_tv"}
+  with pytest.raises(ConfigError, match="objective 'kl'"):
+    dflash_config("kl")
+
+
+def test_dflash_config_file_takes_the_objective():
+  from dsv4.configs import load_config
+  data = load_config("configs/drafter/dflash.py:tiny").drafter
+  target = load_config("configs/drafter/dflash.py:tiny,target").drafter
+  assert (data.alpha_ce, data.alpha_tv) == (1.0, 0.0) and (target.alpha_ce, target.alpha_tv) == (0.1, 0.9)
+  with pytest.raises(ConfigError, match="unknown objective 'kl'"):
+    load_config("configs/drafter/dflash.py:tiny,kl")
