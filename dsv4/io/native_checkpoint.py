@@ -189,7 +189,19 @@ class NativeCheckpoint:
     return self._entries[key].nbytes
 
   def read(self, key: str, index=None) -> np.ndarray:
-    """Tensor `key`[index] (unit-step slices in its logical shape): float32 if quantized, else as stored."""
+    """Tensor `key`[index] (unit-step slices in its logical shape): float32 if quantized, else as stored.
+
+    Every value read is checked to be finite: a corrupt file (overwritten bytes decode as NaN/inf) fails here,
+    naming the tensor and file, instead of loading a model that emits token 0 forever."""
+    values = self._read_values(key, index)
+    if np.issubdtype(values.dtype, np.floating) or values.dtype == ml_dtypes.bfloat16:
+      finite = np.isfinite(values)
+      if not finite.all():
+        raise CheckpointError(f"{self._entries[key].file}: tensor {key} has {int(values.size - finite.sum())} "
+                              "non-finite value(s) (NaN/inf); the file is corrupt. Re-export or re-download it.")
+    return values
+
+  def _read_values(self, key: str, index=None) -> np.ndarray:
     entry = self._entries[key]
     bounds = slice_bounds(index, self.shape(key))
     if key not in self._scale_of:
