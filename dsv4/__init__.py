@@ -1,8 +1,8 @@
 """dsv4: DSpark speculative-decoding drafters for DeepSeek-V4-style MoE targets, in JAX/Flax NNX.
 
 Layering (imports flow one way; tests/test_layering.py checks it): errors, sampling, kernels ← parallel ← model ←
-drafters ← io (loading, and the one family switch dsv4.io.family) ← inference / data ← training ← planning. Errors: dsv4.errors (one base, Dsv4Error). Shape letters in names
-(`logits_BTV`): dsv4.glossary.
+drafters ← io (loading, and the one family switch dsv4.io.family) ← inference / data ← training ← planning.
+Errors: dsv4.errors (one base, Dsv4Error). Shape letters in names (`logits_BTV`): dsv4.glossary.
 """
 
 from dsv4.errors import CheckpointError, ConfigError, DataError, Dsv4Error, TargetError, TrainingError

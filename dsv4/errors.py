@@ -52,5 +52,13 @@ class TrainingError(Dsv4Error, RuntimeError):
   """Training stopped (non-finite loss, ...); the message names the step and the checkpoint kept."""
 
 
-__all__ = ["Dsv4Error", "ConfigError", "ShardingError", "DataError", "CheckpointError", "CheckpointSaveError",
+def brief(e: BaseException, limit: int = 200) -> str:
+  """`Type: first line` of an exception from a library (orbax and TensorStore raise pages of spec), at most
+  `limit` characters, for a one-line message that then says what to do."""
+  first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+  text = f"{type(e).__name__}: {first}" if first else type(e).__name__
+  return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+__all__ = ["brief", "Dsv4Error", "ConfigError", "ShardingError", "DataError", "CheckpointError", "CheckpointSaveError",
            "TargetError", "TrainingError"]

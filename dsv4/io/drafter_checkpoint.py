@@ -23,7 +23,7 @@ from flax import nnx
 from dsv4.drafters.build import abstract_drafter
 from dsv4.drafters.config import DrafterConfig
 from dsv4.drafters.context import FrozenTarget
-from dsv4.errors import CheckpointError, ConfigError, TargetError
+from dsv4.errors import CheckpointError, ConfigError, TargetError, brief
 from dsv4.io.target import describe, load_target
 from dsv4.model.config import ModelConfig
 from dsv4.model.transformer import Transformer
@@ -52,9 +52,10 @@ class LoadedDrafter:
 
 
 def checkpoint_dir(path: str | Path) -> Path:
-  """A step directory: `path` itself, or the latest finished step under path/ or path/checkpoints/."""
-  path = Path(path)
-  if (path / "meta").is_dir() and (path / "state").is_dir():
+  """A step directory: `path` itself, or the latest finished step under path/ or path/checkpoints/. Relative paths
+  are taken from the current directory (orbax needs absolute ones)."""
+  path = Path(path).expanduser().absolute()
+  if (path / "meta").is_dir() or (path / "state").is_dir():  # a step folder (load_drafter names a missing part)
     return path
   for root in (path / "checkpoints", path):
     steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
@@ -79,8 +80,16 @@ def check_target(cfg: DrafterConfig, recorded: dict, target_cfg: ModelConfig) ->
 
 def load_drafter(path: str | Path, target: Transformer | None = None) -> LoadedDrafter:
   step_dir = checkpoint_dir(path)
-  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
-    meta = ckptr.restore(step_dir / "meta")
+  for part in ("meta", "state"):
+    if not (step_dir / part).is_dir():
+      raise CheckpointError(f"{step_dir}: no {part}/ folder, so this is not a complete drafter checkpoint; point at "
+                            "a train_drafter.py workdir or one of its finished step folders.")
+  try:
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
+      meta = ckptr.restore(step_dir / "meta")
+  except Exception as e:
+    raise CheckpointError(f"{step_dir}/meta is unreadable ({brief(e)}); the checkpoint is corrupt: use another step "
+                          "folder of the run, or train again.") from e
   if "drafter" not in meta or "target" not in meta:
     raise CheckpointError(f"{step_dir}: not a drafter checkpoint (its metadata has no drafter config or target); "
                            "target checkpoints are loaded with dsv4.from_pretrained or the export script.")
@@ -94,8 +103,12 @@ def load_drafter(path: str | Path, target: Transformer | None = None) -> LoadedD
   check_target(cfg, meta["target"], target.config)
   abstract = abstract_drafter(cfg, target.config)
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-  with ocp.StandardCheckpointer() as ckptr:
-    saved = ckptr.restore(step_dir / "state")
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      saved = ckptr.restore(step_dir / "state")
+  except Exception as e:
+    raise CheckpointError(f"{step_dir}/state is unreadable ({brief(e)}); the checkpoint is corrupt: use another step "
+                          "folder of the run, or train again.") from e
   nnx.replace_by_pure_dict(params, saved["params"])
   nnx.replace_by_pure_dict(rest, saved["rest"])
   model = nnx.merge(graphdef, params, rest)

@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-from dsv4.errors import CheckpointError, CheckpointSaveError  # noqa: F401  (importable here as before)
+from dsv4.errors import CheckpointError, CheckpointSaveError, brief  # noqa: F401  (importable here as before)
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,9 @@ class TrainCheckpointer:
     try:
       out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     except Exception as e:
-      raise CheckpointError(f"reading the metadata of step {step} in {self.directory} failed: {e}") from e
+      raise CheckpointError(f"the metadata of checkpoint step {step} in {self.directory} is unreadable ({brief(e)}); "
+                            f"delete {self.directory / str(step)} to resume from the step before it, or use a new "
+                            "--workdir.") from e
     return out["meta"]
 
   def all_steps(self) -> list[int]:
@@ -181,7 +183,11 @@ class TrainCheckpointer:
     try:
       out = self._manager.restore(step, args=args)
     except Exception as e:
-      raise CheckpointError(f"restoring step {step} from {self.directory} failed: {e}") from e
+      earlier = [s for s in steps if s < step]
+      then = (f"delete {self.directory / str(step)} to resume from step {max(earlier)}" if earlier else
+              f"delete {self.directory / str(step)} to start over")
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} is unreadable ({brief(e)}); {then}, or use "
+                            "a new --workdir.") from e
     return out["state"], out["data_state"], out["meta"]
 
   # ---- lifetime ----
