@@ -125,8 +125,9 @@ def _speculate(tgraph, tparams, dgraph, dparams, frozen, prompt_BP, prompt_len_B
 
 def run_speculative(target, drafter, frozen, prompts, max_new_tokens: int, *, gamma: int, temperature: float,
                     top_p: float, top_k: int, seed: int, eos_id, adapter=None, accept=lossless_accept):
-  """The checked-input-free core of `speculative_generate`: (token lists, stats). `adapter` and `accept` default
-  to the drafter's own state adapter and the lossless rule (tests pass others)."""
+  """`speculative_generate` without its input checks: (token lists, stats). `adapter` and `accept` default to the
+  drafter's own state adapter (dsv4.inference.draft_state) and the lossless rule; tests pass others (an oracle
+  drafter, deliberately broken rules)."""
   adapter = adapter_for(drafter, gamma) if adapter is None else adapter
   padded, lengths = pad_prompts(prompts)
   tgraph, tparams = nnx.split(target)
