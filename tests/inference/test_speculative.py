@@ -96,6 +96,7 @@ def test_oracle_eos_inside_an_accepted_draft(ar4):
   np.testing.assert_array_equal(stats["round_bonus"][mine], [0])
 
 
+@pytest.mark.slow
 def test_block_size_below_trained(ar4):
   """block_size 2 < γ = 4: two drafts verified per round (oracle and a real DSpark drafter), output unchanged."""
   got, stats = oracle_run(PROMPTS4, M, 2)
