@@ -74,7 +74,8 @@ def _emit(drafts_BG, a_B, added_B, n_new_B, live_B, eos_id, max_new_tokens: int)
                                              "max_len", "temperature", "top_k", "top_p"))
 def _speculate(tgraph, tparams, dgraph, dparams, frozen, prompt_BP, prompt_len_B, seed, eos_id, *, adapter, accept,
                gamma, max_new_tokens, max_len, temperature, top_k, top_p):
-  """(tokens [B, M + γ + 1], n_new [B], per-round logs [M, B] ×4: accepted, verified, bonus, live, rounds)."""
+  """(tokens [B, M + γ + 1] (row b's output is its first n_new[b]), n_new [B], the per-round logs (accepted,
+  verified, bonus, live), each [M, B] with rows ≥ rounds unused, rounds)."""
   target, drafter = nnx.merge(tgraph, tparams), nnx.merge(dgraph, dparams)
   B = prompt_BP.shape[0]
   M, taps = max_new_tokens, adapter.tap_layers
