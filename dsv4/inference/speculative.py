@@ -74,7 +74,8 @@ def _emit(drafts_BG, a_B, added_B, n_new_B, live_B, eos_id, max_new_tokens: int)
                                              "max_len", "temperature", "top_k", "top_p"))
 def _speculate(tgraph, tparams, dgraph, dparams, frozen, prompt_BP, prompt_len_B, seed, eos_id, *, adapter, accept,
                gamma, max_new_tokens, max_len, temperature, top_k, top_p):
-  """(tokens [B, M + γ + 1], n_new [B], per-round logs [M, B] ×4: accepted, verified, bonus, live, rounds)."""
+  """(tokens [B, M + γ + 1] (row b's output is its first n_new[b]), n_new [B], the per-round logs (accepted,
+  verified, bonus, live), each [M, B] with rows ≥ rounds unused, rounds)."""
   target, drafter = nnx.merge(tgraph, tparams), nnx.merge(dgraph, dparams)
   B = prompt_BP.shape[0]
   M, taps = max_new_tokens, adapter.tap_layers
@@ -125,8 +126,9 @@ def _speculate(tgraph, tparams, dgraph, dparams, frozen, prompt_BP, prompt_len_B
 
 def run_speculative(target, drafter, frozen, prompts, max_new_tokens: int, *, gamma: int, temperature: float,
                     top_p: float, top_k: int, seed: int, eos_id, adapter=None, accept=lossless_accept):
-  """The checked-input-free core of `speculative_generate`: (token lists, stats). `adapter` and `accept` default
-  to the drafter's own state adapter and the lossless rule (tests pass others)."""
+  """`speculative_generate` without its input checks: (token lists, stats). `adapter` and `accept` default to the
+  drafter's own state adapter (dsv4.inference.draft_state) and the lossless rule; tests pass others (an oracle
+  drafter, deliberately broken rules)."""
   adapter = adapter_for(drafter, gamma) if adapter is None else adapter
   padded, lengths = pad_prompts(prompts)
   tgraph, tparams = nnx.split(target)

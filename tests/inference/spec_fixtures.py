@@ -56,12 +56,13 @@ def prompts_of(lengths, vocab: int, seed: int = 0) -> list[list[int]]:
 @dataclasses.dataclass(frozen=True)
 class TargetOracle:
   """Drafts with the target itself (greedy, one-token extends on its own cache, as AR decoding runs it), so the
-  drafts agree with the target, except the draft for absolute position t whenever t % wrong_every == 0, which is
-  replaced by another token (the round then rejects it and everything after it). The loop gets the target as its
-  "drafter" module."""
+  drafts agree with the target, except the draft for absolute position t whenever t % period is in `wrong`, which
+  is replaced by another token (the round then rejects it and everything after it). The loop gets the target as
+  its "drafter" module."""
 
   steps: int
-  wrong_every: int
+  period: int = 1
+  wrong: tuple[int, ...] = ()
   tap_layers: tuple[int, ...] = ()
 
   def init(self, model, frozen, pre, prompt_BP, prompt_len_B, first_B, max_len):
@@ -76,7 +77,8 @@ class TargetOracle:
       logits.append(out.logits_BNV[:, 0])
     tokens_BG = jnp.stack(tokens, axis=1)
     t_BG = pos_B[:, None] + 1 + jnp.arange(self.steps)
-    tokens_BG = jnp.where(t_BG % self.wrong_every == 0, (tokens_BG + 1) % model.config.vocab_size, tokens_BG)
+    wrong_BG = jnp.isin(t_BG % self.period, jnp.asarray(self.wrong + (-1,)))
+    tokens_BG = jnp.where(wrong_BG, (tokens_BG + 1) % model.config.vocab_size, tokens_BG)
     return Proposal(tokens_BG, jnp.stack(logits, axis=1))
 
   def commit(self, model, frozen, state, out, fed_BN, emitted_BN, pos_B, a_B):

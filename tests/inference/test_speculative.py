@@ -53,26 +53,27 @@ def test_greedy_equals_ar_batch1(kind):
   check_stats(stats, got, tiny_drafter(kind).config.block_size)
 
 
-def oracle_run(prompts, max_new, gamma, wrong_every, eos_id=None):
+def oracle_run(prompts, max_new, gamma, period=1, wrong=(), eos_id=None):
   target = tiny_target()
   return run_speculative(target, target, FrozenTarget.of(target), prompts, max_new, gamma=gamma, temperature=0.0,
-                         top_p=1.0, top_k=0, seed=0, eos_id=eos_id, adapter=TargetOracle(gamma, wrong_every))
+                         top_p=1.0, top_k=0, seed=0, eos_id=eos_id, adapter=TargetOracle(gamma, period, wrong))
 
 
 def test_oracle_rounds_accept_several_drafts_and_roll_back(ar4):
-  """Drafts wrong at every 3rd position: rounds accept 0..γ drafts, rows at different offsets each round."""
-  got, stats = oracle_run(PROMPTS4, M, 4, 3)
+  """Drafts wrong at positions ≡ 0, 2 (mod 7): rounds reject at different slots (after a rejection at ≡ 0 the
+  next round keeps 1 draft, after one at ≡ 2 it keeps all 4), and the rows sit at different offsets."""
+  got, stats = oracle_run(PROMPTS4, M, 4, 7, (0, 2))
   assert got == ar4
   check_stats(stats, got, 4)
   counts = np.bincount(stats["round_verified"], minlength=5)
-  assert counts[0] > 0 and counts[1] > 0 and counts[2] > 0, counts   # rejections at different slots
+  assert counts[4] > 0 and counts[1] > 0 and np.count_nonzero(counts) >= 3, counts
   assert stats["tau"] > 2
 
 
 def test_oracle_full_acceptance_and_max_new_tokens_exact(ar4):
   """Every draft right: each round emits γ + 1 tokens; the last round is cut at max_new_tokens before its bonus
   ((M − 1) = 19 = 3·5 + 4: three full rounds, then 4 accepted drafts and no bonus)."""
-  got, stats = oracle_run(PROMPTS4, M, 4, 10**6)
+  got, stats = oracle_run(PROMPTS4, M, 4)
   assert got == ar4 and all(len(g) == M for g in got)
   check_stats(stats, got, 4)
   for b in range(4):
@@ -87,7 +88,7 @@ def test_oracle_eos_inside_an_accepted_draft(ar4):
   eos = ar4[0][2]
   assert eos not in ar4[0][:2]
   want = dsv4.generate(tiny_target(), PROMPTS4, M, eos_id=eos)
-  got, stats = oracle_run(PROMPTS4, M, 4, 10**6, eos_id=eos)
+  got, stats = oracle_run(PROMPTS4, M, 4, eos_id=eos)
   assert got == want and got[0] == ar4[0][:3]
   check_stats(stats, got, 4)
   mine = stats["round_row"] == 0
@@ -95,9 +96,10 @@ def test_oracle_eos_inside_an_accepted_draft(ar4):
   np.testing.assert_array_equal(stats["round_bonus"][mine], [0])
 
 
+@pytest.mark.slow
 def test_block_size_below_trained(ar4):
   """block_size 2 < γ = 4: two drafts verified per round (oracle and a real DSpark drafter), output unchanged."""
-  got, stats = oracle_run(PROMPTS4, M, 2, 10**6)
+  got, stats = oracle_run(PROMPTS4, M, 2)
   assert got == ar4
   check_stats(stats, got, 2)
   assert stats["round_accepted"].max() == 2

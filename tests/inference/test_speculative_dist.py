@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dsv4.drafters import DrafterConfig, DSpark, FrozenTarget
+from dsv4.drafters import DrafterConfig, DSpark, Eagle3, FrozenTarget, MTPDrafter, eagle3_config, mtp_config
 from dsv4.inference import acceptance
 from dsv4.inference.acceptance import processed_probs
 from dsv4.inference.speculative import run_speculative
@@ -28,10 +28,11 @@ V, D, NEW = 8, 32, 4
 TARGET = ModelConfig(vocab_size=V, hidden_size=D, num_hidden_layers=2, num_attention_heads=2, head_dim=16,
                      q_lora_rank=16, qk_rope_head_dim=8, o_groups=2, o_lora_rank=8, sliding_window=8,
                      compress_ratios=(0, 0), n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
-                     num_hash_layers=1, hc_mult=2, num_nextn_predict_layers=0, max_position_embeddings=64,
+                     num_hash_layers=1, hc_mult=2, num_nextn_predict_layers=1, max_position_embeddings=64,
                      moe_impl="dense")
-DRAFTER = DrafterConfig(block_size=2, num_layers=1, hidden_size=D, num_attention_heads=2, num_key_value_heads=1,
-                        head_dim=16, intermediate_size=32, target_layer_ids=(0, 1), markov_rank=8)
+LAYER = dict(block_size=2, num_layers=1, hidden_size=D, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+             intermediate_size=32, target_layer_ids=(0, 1))
+DRAFTER = DrafterConfig(**LAYER, markov_rank=8)
 PROMPT = [3, 1, 4, 1, 5]
 ROWS, SEEDS = 2000, 10
 
@@ -54,8 +55,16 @@ def make_drafter():
 
 
 @pytest.fixture(scope="module")
-def models():
-  return built(make_target), built(make_drafter)
+def target():
+  return built(make_target)
+
+
+def drafter_of(kind, target):
+  if kind == "dspark":
+    return built(make_drafter)
+  if kind == "eagle3":
+    return built(lambda: Eagle3(eagle3_config(**LAYER), TARGET, rngs=nnx.Rngs(2)))
+  return MTPDrafter.from_target(mtp_config(block_size=2, hidden_size=D), target)
 
 
 def exact_probs(target, temperature, top_p):
@@ -94,9 +103,8 @@ def chi_square_p(counts, probs, min_expected=5.0):
   return float(jax.scipy.special.gammaincc((len(obs) - 1) / 2, stat / 2)), int(len(obs))
 
 
-def test_exact_probs_is_the_chain_rule(models):
+def test_exact_probs_is_the_chain_rule(target):
   """The reference itself: P(t1..t4) factorises as p(t1)·p(t2|t1)·… read off one full forward per sequence."""
-  target, _ = models
   joint = exact_probs(target, 1.0, 1.0)
   seq = (2, 5, 0, 7)
   ids = np.array([PROMPT + list(seq[:3])] * 8, np.int32)   # a batch of 8 copies: another shape than the reference's
@@ -126,27 +134,29 @@ def resample_from_p(target_logits, draft_logits, drafts, key, temperature, top_k
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.8, 0.9)])
-def test_distribution_equals_ar(models, temperature, top_p):
-  target, drafter = models
+@pytest.mark.parametrize("kind, temperature, top_p", [("dspark", 1.0, 1.0), ("dspark", 0.8, 0.9),
+                                                      ("eagle3", 1.0, 1.0), ("mtp", 0.8, 0.9)])
+def test_distribution_equals_ar(target, kind, temperature, top_p):
+  """Every drafter kind samples its drafts from the q the rule divides by (its processed distribution)."""
   probs = exact_probs(target, temperature, top_p)
-  got = samples(target, drafter, temperature, top_p, acceptance.lossless_accept)
+  got = samples(target, drafter_of(kind, target), temperature, top_p, acceptance.lossless_accept)
   assert got.shape == (ROWS * SEEDS, NEW)
   counts = np.zeros((V,) * NEW)
   np.add.at(counts, tuple(got.T), 1)
   assert counts[probs == 0].sum() == 0     # nothing outside top-p ever emitted
   p, cells = chi_square_p(counts, probs)
+  print(f"{kind} T={temperature} top_p={top_p}: chi-square p = {p:.3g} over {cells} cells")
   assert cells > 50, cells
   assert p > 1e-3, (p, cells)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("broken", [accept_when_q_at_least_p, resample_from_p])
-def test_distribution_test_has_power(models, broken):
-  target, drafter = models
+def test_distribution_test_has_power(target, broken):
   probs = exact_probs(target, 1.0, 1.0)
-  got = samples(target, drafter, 1.0, 1.0, broken)
+  got = samples(target, drafter_of("dspark", target), 1.0, 1.0, broken)
   counts = np.zeros((V,) * NEW)
   np.add.at(counts, tuple(got.T), 1)
-  p, _ = chi_square_p(counts, probs)
+  p, cells = chi_square_p(counts, probs)
+  print(f"{broken.__name__}: chi-square p = {p:.3g} over {cells} cells")
   assert p < 1e-6, p

@@ -55,6 +55,6 @@ def test_oracle_with_eos_on_small(small):
   eos = want[0][7]
   ar = dsv4.generate(target, prompts, M, eos_id=eos)
   got, stats = run_speculative(target, target, FrozenTarget.of(target), prompts, M, gamma=5, temperature=0.0,
-                               top_p=1.0, top_k=0, seed=0, eos_id=eos, adapter=TargetOracle(5, 4))
+                               top_p=1.0, top_k=0, seed=0, eos_id=eos, adapter=TargetOracle(5, 9, (0, 4)))
   assert got == ar and len(got[0]) <= 8
   assert np.max(stats["round_accepted"]) >= 3
