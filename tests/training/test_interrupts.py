@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dsv4.training.interrupts import Interrupted, StopSignals
-from dsv4.training.loop import gather_process_states
+from dsv4.training.loop import find_run, gather_process_states
 from tests.training.test_train_target import _final_state, _flat
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,3 +100,11 @@ def test_sigint_then_sigterm_save_the_step_reached_and_resuming_equals_an_uninte
   assert a.keys() == b.keys()
   for key in a:  # params, routing biases, optimizer moments, step: bit for bit
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_a_workdir_with_only_an_unfinished_save_says_it_starts_over(tmp_path, capsys):
+  (tmp_path / "checkpoints" / "40.orbax-checkpoint-tmp" / "state").mkdir(parents=True)  # what a killed save leaves
+  assert find_run(tmp_path / "checkpoints") == (None, None)
+  out = capsys.readouterr().out
+  assert "holds only an unfinished checkpoint (40.orbax-checkpoint-tmp)" in out and "starting over from step 0" in out
+  assert find_run(tmp_path / "nothing") == (None, None) and not (tmp_path / "nothing").exists()
