@@ -111,7 +111,7 @@ def check_reuse(meta: dict, config, kind: str, workdir, step: int, ignore: tuple
   saved_kind = run_kind(meta)
   saved_config = meta.get("config", {})
   where = f"--workdir {workdir} (step {step}, config hash {config_hash(saved_config)})"
-  name = lambda k: "a target pretraining" if k == "target" else f"a {k}"  # noqa: E731
+  name = lambda k: "a target pretraining" if k == "target" else f"{'an' if k[0] in 'aeiou' else 'a'} {k}"  # noqa: E731
   if saved_kind != kind:
     if saved_kind == "target":
       raise WorkdirError(f"{where} is a target pretraining workdir. Use a new --workdir for the {kind} drafter "

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from dsv4.training.interrupts import Interrupted, StopSignals
-from dsv4.training.loop import gather_process_states
+from dsv4.training.loop import find_run, gather_process_states
 from tests.training.test_train_target import _final_state, _flat
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS, EVERY = 24, 4  # signals at checkpoints 4 and 8: many steps still to run
+STEPS, EVERY = 24, 2
 
 
 def test_a_signal_is_a_request_to_stop_and_a_second_one_insists():
@@ -61,10 +61,12 @@ def _steps(workdir):
 
 
 def interrupt_after(cmd, workdir: Path, past_step: int, sig: int) -> tuple[int, str, int]:
-  """Runs `cmd`, sends `sig` once checkpoint `past_step` exists; returns (rc, stderr, step of the newest checkpoint)."""
+  """Runs `cmd`, sends `sig` once it has saved a checkpoint after `past_step` (so it is in its step loop); returns
+  (rc, stderr, step of the newest checkpoint)."""
   proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 900
-  while not (workdir / "checkpoints" / str(past_step)).is_dir() and proc.poll() is None and time.time() < deadline:
+  saved = lambda: (workdir / "checkpoints").is_dir() and _steps(workdir) and _steps(workdir)[-1] > past_step  # noqa: E731
+  while not saved() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.02)
   assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()[1][-3000:]}"
   proc.send_signal(sig)
@@ -78,10 +80,12 @@ def test_sigint_then_sigterm_save_the_step_reached_and_resuming_equals_an_uninte
   done = subprocess.run(_command(straight, tiny_corpus), env=_env(), capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
 
-  for sig, rc, past in ((signal.SIGINT, 130, EVERY), (signal.SIGTERM, 143, 2 * EVERY)):
+  step = 0
+  for sig, rc in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+    past = step
     code, err, step = interrupt_after(_command(stopped, tiny_corpus), stopped, past, sig)
     assert code == rc, err[-3000:]
-    assert past <= step < STEPS
+    assert past + EVERY <= step < STEPS
     last = err.strip().splitlines()[-1]
     assert last == f"stopped at step {step} ({sig.name}), checkpoint saved; re-run the same command to resume"
     assert "Traceback" not in err
@@ -91,8 +95,16 @@ def test_sigint_then_sigterm_save_the_step_reached_and_resuming_equals_an_uninte
 
   resumed = subprocess.run(_command(stopped, tiny_corpus), env=_env(), capture_output=True, text=True, timeout=900)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"resuming from {stopped.absolute() / 'checkpoints' / str(step)}" in resumed.stdout
+  assert f"resuming from {stopped.absolute() / 'checkpoints' / str(step)} (step {step})" in resumed.stdout
   a, b = _flat(_final_state(straight, STEPS)), _flat(_final_state(stopped, STEPS))
   assert a.keys() == b.keys()
   for key in a:  # params, routing biases, optimizer moments, step: bit for bit
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_a_workdir_with_only_an_unfinished_save_says_it_starts_over(tmp_path, capsys):
+  (tmp_path / "checkpoints" / "40.orbax-checkpoint-tmp" / "state").mkdir(parents=True)  # what a killed save leaves
+  assert find_run(tmp_path / "checkpoints") == (None, None)
+  out = capsys.readouterr().out
+  assert "holds only an unfinished checkpoint (40.orbax-checkpoint-tmp)" in out and "starting over from step 0" in out
+  assert find_run(tmp_path / "nothing") == (None, None) and not (tmp_path / "nothing").exists()

@@ -36,9 +36,9 @@ def test_another_drafter_kind_is_refused_with_the_config_hash():
   saved = load_config("configs/drafter/dspark.py:tiny")
   meta = _meta(saved, "dspark")
   with pytest.raises(WorkdirError) as info:
-    check_reuse(meta, load_config("configs/drafter/dflash.py:tiny"), "dflash", "runs/x", 20)
+    check_reuse(meta, load_config("configs/drafter/eagle3.py:tiny"), "eagle3", "runs/x", 20)
   assert str(info.value) == (f"--workdir runs/x (step 20, config hash {config_hash(meta['config'])}) holds a dspark "
-                             "run, and this is a dflash run; use a new --workdir or the --config of that run.")
+                             "run, and this is an eagle3 run; use a new --workdir or the --config of that run.")
 
 
 def test_a_changed_shape_field_is_refused_naming_it_among_safe_changes():
