@@ -16,12 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from dsv4.data.corpus import build_corpus
 from tests.parallel.test_multiprocess_train import free_port
-from tests.training.test_train_target import _final_state, _flat
+from tests.training.test_train_target import _flat
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, EVERY = 6, 2
@@ -33,6 +35,16 @@ def tiny_corpus(tmp_path_factory):
   out = tmp_path_factory.mktemp("corpus") / "stdlib_v512"
   build_corpus(out, vocab_size=512, max_files=40, log=lambda _: None)
   return out
+
+
+def _final_state(workdir, step):
+  """The saved state, restored onto one device of this process (it was written by 8 devices of 2 processes)."""
+  path = Path(workdir).absolute() / "checkpoints" / str(step) / "state"
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = ckptr.metadata(path)
+    tree = getattr(getattr(tree, "item_metadata", tree), "tree", getattr(tree, "item_metadata", tree))
+    return ckptr.restore(path, jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree))
 
 
 def _env():
