@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 XDIST ?= -n 2
 
-.PHONY: test test-all demo lint clean
+.PHONY: test test-slow test-all demo lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -12,13 +12,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,hf]'
 	touch $(STAMP)
 
-# `make test` skips the tests marked slow (end-to-end training runs, multi-process and 8-device training steps) so
-# the suite fits 15 minutes on 2 CPU cores; `make test-all` runs every test.
-test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu $(PY) -m pytest $(XDIST) -m "not slow" tests
+# `make test` (the default tier) skips the tests marked slow (end-to-end training runs, multi-process and 8-device
+# training steps) so it fits a few minutes on 2 CPU cores; `make test-slow` runs only those; `make test-all` runs
+# both tiers, each test once (what CI runs).
+PYTEST := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu $(PY) -m pytest $(XDIST)
 
-test-all: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu $(PY) -m pytest $(XDIST) tests
+test: $(STAMP)
+	$(PYTEST) -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow tests
+
+test-all: test test-slow
 
 lint: $(STAMP)
 	$(PY) -m ruff check dsv4 scripts configs tests

@@ -4,29 +4,26 @@
 
 Builds one learned-routing MoE layer of the config (fp32), routes random inputs with its own router, and times
 the whole layer (router, routed experts, shared expert) jitted, forward and forward+backward (gradients of
-params and input), for each path. Each repetition runs every path once in turn, so load on a shared machine
-hits all of them alike; the figure is the median of --repeats after a warm-up. Prints a table and a final JSON
-line with `tiled_speedup_vs_ragged` and `tiled_speedup_vs_dense` (time of the other path / tiled time) per
-token count and pass, plus the largest output difference of each path against dense.
+params and input), for each path. The six functions are timed interleaved through `dsv4.benchmarking` (each
+repetition runs every one in turn, so load on a shared machine hits all of them alike), after a warm-up that
+compiles; each figure is the median (min–max, IQR) of --repeats. Prints a table and a final JSON line with
+`tiled_speedup_vs_ragged` and `tiled_speedup_vs_dense` (time of the other path / tiled time, ratio of medians with
+the per-repetition spread, or {refused: reason} inside the noise) per token count and pass, plus the largest
+output difference of each path against dense.
 """
 
 import argparse
 import json
-import statistics
 import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from dsv4.benchmarking import write_results  # noqa: E402
-from dsv4.configs import load_config, model_config  # noqa: E402
-from dsv4.model.moe import MoE, n_tiles, tile_layout, tile_size  # noqa: E402
+from dsv4 import benchmarking as bm
+from dsv4.configs import load_config, model_config
+from dsv4.model.moe import MoE, n_tiles, tile_layout, tile_size
 
 PATHS = ("dense", "ragged_dot", "tiled")
 PASSES = ("fwd", "fwd_bwd")
@@ -60,29 +57,17 @@ def build_fns(moe):
   return params, fns
 
 
-def time_round_robin(fns, args, repeats):
-  """Median seconds per fn; every repetition runs each fn once (after one warm-up call each, which compiles)."""
-  for fn in fns.values():
-    jax.block_until_ready(fn(*args))
-  times = {key: [] for key in fns}
-  for _ in range(repeats):
-    for key, fn in fns.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times[key].append(time.perf_counter() - t0)
-  return {key: statistics.median(ts) for key, ts in times.items()}
-
-
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default="configs/target/small.py")
   p.add_argument("--tokens", type=parse_tokens, default=(128, 512), help="token counts per batch, e.g. 128,512")
   p.add_argument("--repeats", type=int, default=7)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--allow_load", action="store_true", help="record results even on a busy machine")
   p.add_argument("--out", default=None, help="folder to write results.md into")
   args = p.parse_args(argv)
-  if args.repeats < 5:
-    p.error("--repeats must be ≥ 5 (the metric is a median of ≥ 5 runs)")
+  if args.repeats < bm.MIN_REPEATS:
+    p.error(f"--repeats must be ≥ {bm.MIN_REPEATS} (a median with its spread)")
 
   cfg = model_config(load_config(args.config))
   moe = MoE(cfg, is_hash=False, rngs=nnx.Rngs(args.seed), dtype=jnp.float32, param_dtype=jnp.float32)
@@ -92,38 +77,45 @@ def main(argv=None):
                       "hidden": D, "moe_intermediate": cfg.moe_intermediate_size, "repeats": args.repeats,
                       "default_path": {}, "ms": {}, "tiled_speedup_vs_ragged": {}, "tiled_speedup_vs_dense": {},
                       "max_abs_diff_vs_dense": {}, "tiles": {}}
+  loads = []
   for T in args.tokens:
     print(f"[bench_moe] {T} tokens: compiling and timing {len(fns)} functions ...", file=sys.stderr, flush=True)
     x = jax.random.normal(jax.random.key(args.seed + 1), (1, T, D), jnp.float32)
-    secs = time_round_robin(fns, (params, x), args.repeats)
+    timings = bm.time_interleaved({f"{i} {ps}": (lambda f=fn, x=x: f(params, x)) for (i, ps), fn in fns.items()},
+                                  args.repeats, on_high_load=bm.load_mode(bool(args.out), args.allow_load))
+    loads.append(f"{T} tokens: {timings.load_line()}")
+    ms = {key: 1e3 * timings.samples[f"{key[0]} {key[1]}"] for key in fns}
     ys = {impl: np.asarray(fns[impl, "fwd"](params, x)) for impl in PATHS}
     _, idx_TK, _ = moe.route(x.reshape(T, D))
     t = tile_size(T * K, E)
     used = int(tile_layout(idx_TK, E, t)[3])
-    loads = np.bincount(np.asarray(idx_TK).reshape(-1), minlength=E)
+    counts = np.bincount(np.asarray(idx_TK).reshape(-1), minlength=E)
     key = str(T)
     chosen = moe.expert_path("ragged", T * K)  # what moe_impl="ragged" runs here
     result["default_path"][key] = next(i for i in ("gather", *PATHS) if moe.expert_path(i, T * K) == chosen)
-    result["ms"][key] = {f"{impl}_{ps}": round(1e3 * secs[impl, ps], 3) for impl in PATHS for ps in PASSES}
-    result["tiled_speedup_vs_ragged"][key] = {ps: round(secs["ragged_dot", ps] / secs["tiled", ps], 3) for ps in PASSES}
-    result["tiled_speedup_vs_dense"][key] = {ps: round(secs["dense", ps] / secs["tiled", ps], 3) for ps in PASSES}
+    result["ms"][key] = {f"{impl}_{ps}": bm.estimate(ms[impl, ps]).to_dict() for impl in PATHS for ps in PASSES}
     result["max_abs_diff_vs_dense"][key] = {impl: float(np.abs(ys[impl] - ys["dense"]).max()) for impl in PATHS[1:]}
     result["tiles"][key] = {"tile": t, "static_tiles": n_tiles(T * K, E, t), "used_tiles": used,
-                            "max_load": int(loads.max()), "empty_experts": int((loads == 0).sum())}
+                            "max_load": int(counts.max()), "empty_experts": int((counts == 0).sum())}
+    for other, name in (("ragged_dot", "tiled_speedup_vs_ragged"), ("dense", "tiled_speedup_vs_dense")):
+      result[name][key] = {ps: bm.ratio_figure(ms[other, ps], ms["tiled", ps], f"{T} tokens {ps}: {other} / tiled")[1]
+                           for ps in PASSES}
     for ps in PASSES:
-      d, r, tl = (1e3 * secs[impl, ps] for impl in PATHS)
-      rows.append(f"| {T} | {ps.replace('_', '+')} | {d:.2f} | {r:.2f} | {tl:.2f} | {r / tl:.2f}× | {d / tl:.2f}× |")
-  table = ["| tokens | pass | dense (ms) | ragged_dot (ms) | tiled (ms) | tiled vs ragged_dot | tiled vs dense |",
-           "| --- | --- | --- | --- | --- | --- | --- |"] + rows
+      rows.append((str(T), ps.replace("_", "+"), *(bm.time_figure(ms[impl, ps], spec=".3g")[0] for impl in PATHS),
+                   *(bm.ratio_figure(ms[other, ps], ms["tiled", ps], other)[0] for other in ("ragged_dot", "dense"))))
+  table = bm.markdown_table(("tokens", "pass", "dense (ms)", "ragged_dot (ms)", "tiled (ms)", "tiled vs ragged_dot",
+                             "tiled vs dense"), rows)
   print("\n".join(table))
   if args.out:
-    path = write_results(
+    path = bm.write_results(
         args.out, "scripts/bench_moe.py", argv,
         f"One MoE layer of `{args.config}` ({E} experts, top-{K}, hidden {D}, expert intermediate "
         f"{cfg.moe_intermediate_size}, fp32), whole layer jitted (router, routed experts, shared expert); forward and "
-        f"forward+backward (gradients of params and input). Median of {args.repeats} after warm-up, the paths taken "
-        f"in turn each repetition, one process, backend `{jax.default_backend()}`. Ratios are the other path's time "
-        "over tiled's.", table, result)
+        f"forward+backward (gradients of params and input). Each cell is the median (min–max, IQR) of {args.repeats} "
+        f"repetitions after a warm-up, the six functions interleaved each repetition, one process, backend "
+        f"`{jax.default_backend()}`. Ratios are the other path's time over tiled's: the ratio of medians with the "
+        "spread of the per-repetition ratios; a refused cell was inside the noise.\n\n" + "\n".join(
+            f"- {line}" for line in loads), table, result)
     result["results_md"] = str(path)
   print(json.dumps(result))
 

@@ -165,15 +165,16 @@ def make_loss_fn(graphdef, drafter_cfg, feature_names, target_graphdef, target_c
 
 
 def _metric_sums(out, blocks, logits, conf, target_logits) -> dict:
-  """Sums that pool exactly over batches: loss terms × weight, per-slot acceptance sums and counts, the
-  confidence calibration gap per bin; with routed MoE layers, the batch's expert-load entropy (load_entropy: 1 =
-  balanced) averaged over the layers, and a batch count (`pool` averages it over batches)."""
+  """Sums that pool exactly over batches: loss terms × weight, per-slot acceptance sums and counts, the sum of
+  each block's τ_prob and the block count (`losses.tau_prob_sums`), the confidence calibration gap per bin; with
+  routed MoE layers, the batch's expert-load entropy (load_entropy: 1 = balanced) averaged over the layers, and a
+  batch count (`pool` averages it over batches)."""
   w = out["weight_sum"]
   sums = {k: out[k] * w for k in LOSS_TERMS}
   l1 = jax.lax.stop_gradient(out["l1_BAG"])
   alpha_G, count_G = L.acceptance_from_l1(l1, blocks.valid_BAG)
-  sums.update(weight=w, accept_sum=alpha_G * count_G, accept_count=count_G,
-              blocks=jnp.sum(blocks.valid_BAG[..., 0]))
+  tau_sum, counted = L.tau_prob_sums(l1, blocks.valid_BAG)
+  sums.update(weight=w, accept_sum=alpha_G * count_G, accept_count=count_G, tau_sum=tau_sum, blocks=counted)
   if conf is not None:
     target = jnp.clip(1.0 - 0.5 * l1, 0.0, 1.0)
     m = L.supervised_mask(blocks.valid_BAG)
@@ -194,7 +195,7 @@ def pool(sums_list) -> dict:
   w = max(float(total["weight"]), 1e-12)
   out = {k: float(total[k]) / w for k in LOSS_TERMS}
   alpha = np.where(total["accept_count"] > 0, total["accept_sum"] / np.maximum(total["accept_count"], 1.0), 0.0)
-  out["tau_prob"] = float(1.0 + np.sum(np.cumprod(alpha)))
+  out["tau_prob"] = L.pooled_tau_prob(total["tau_sum"], total["blocks"])
   out.update({f"accept_{k}": float(a) for k, a in enumerate(alpha)})
   out["blocks"] = float(total["blocks"])
   if "conf_gap" in total:

@@ -77,7 +77,8 @@ def test_invalid_slots_count_for_nothing_and_stay_finite():
 
 
 def test_acceptance_and_tau_prob_by_hand():
-  assert float(tau_prob(jnp.asarray([0.5, 0.5]))) == pytest.approx(1 + 0.5 + 0.25)
+  # ‖p_d − p_t‖₁ = 1 at both slots of one block: α = (.5, .5).
+  assert float(tau_prob(jnp.ones((1, 2)), jnp.ones((1, 2)))) == pytest.approx(1 + 0.5 + 0.25)
   logits, target, labels, valid, conf = arrays()
   m = drafter_metrics(logits, target, valid, conf)
   np.testing.assert_allclose(np.asarray(m["accept"]), [0.75, 0.7], rtol=1e-5)
@@ -92,6 +93,43 @@ def test_acceptance_and_tau_prob_by_hand():
   m2 = drafter_metrics(both[0], both[1], both[3])
   np.testing.assert_allclose(np.asarray(m2["accept"]), [(0.75 + 1 + 0.75) / 3, (0.7 + 1) / 2], rtol=1e-5)
   np.testing.assert_array_equal(np.asarray(m2["accept_count"]), [3, 2])
+  # τ_prob multiplies α within each block, then averages over blocks (DeepSpec), not the product of slot means:
+  # blocks (.75, .7), (1, 1), (.75, —) → (2.275 + 3 + 1.75) / 3; the product of means would give 2.5417.
+  np.testing.assert_allclose(float(m2["tau_prob"]), (2.275 + 3.0 + 1.75) / 3, rtol=1e-5)
+
+
+def naive_tau_prob(l1, valid):
+  """DeepSpec's τ_prob as a loop over blocks: each block's 1 + Σ_k Π_{j≤k} α_j up to its first invalid slot,
+  averaged over the blocks whose slot 0 is valid."""
+  taus = []
+  for l1_b, valid_b in zip(l1.reshape(-1, l1.shape[-1]), valid.reshape(-1, valid.shape[-1]), strict=True):
+    if not valid_b[0]:
+      continue
+    tau, prod = 1.0, 1.0
+    for a, v in zip(1.0 - 0.5 * l1_b, valid_b, strict=True):
+      if not v:
+        break
+      prod *= a
+      tau += prod
+    taus.append(tau)
+  return sum(taus) / len(taus)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tau_prob_equals_a_loop_over_blocks(seed):
+  rng = np.random.default_rng(seed)
+  l1 = rng.uniform(0.0, 2.0, (3, 5, 6)).astype(np.float32)
+  valid = (rng.random((3, 5, 6)) < 0.85).astype(np.float32)
+  valid[0, 0] = 1.0  # at least one counted block
+  want = naive_tau_prob(l1, valid)
+  np.testing.assert_allclose(float(tau_prob(jnp.asarray(l1), jnp.asarray(valid))), want, rtol=1e-5)
+  # The trainer's pooled sums give the same, split over two "batches".
+  parts = [L.tau_prob_sums(jnp.asarray(l1[i]), jnp.asarray(valid[i])) for i in ([0], [1, 2])]
+  pooled = L.pooled_tau_prob(sum(float(p[0]) for p in parts), sum(float(p[1]) for p in parts))
+  np.testing.assert_allclose(pooled, want, rtol=1e-5)
+  # The per-slot-mean formula it replaces differs on these blocks.
+  alpha, _ = L.acceptance_from_l1(jnp.asarray(l1), jnp.asarray(valid))
+  assert abs(float(1 + np.sum(np.cumprod(np.asarray(alpha)))) - want) > 1e-3
 
 
 def test_calibration_error_by_hand():

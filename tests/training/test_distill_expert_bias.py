@@ -266,7 +266,7 @@ def test_pool_averages_the_entropy_over_batches_and_leaves_other_outputs_alone()
   def sums(entropy=None, loss=2.0, weight=4.0):
     s = {k: np.float32(loss * weight) for k in distill.LOSS_TERMS}
     s.update(weight=np.float32(weight), accept_sum=np.array([2.0, 1.0]), accept_count=np.array([4.0, 4.0]),
-             blocks=np.float32(4))
+             tau_sum=np.float32(7.0), blocks=np.float32(4))
     if entropy is not None:
       s.update(expert_load_entropy_sum=np.float32(entropy), expert_load_batches=np.float32(1))
     return s
