@@ -33,7 +33,10 @@ def get_config(arg=None):
   c.out_dir = "runs/eval-small"
   c.timing = ml_collections.ConfigDict(dict(enabled=True, temperatures=(0.0,), repeats=5, warmup=1,
                                             on_high_load="warn", component_iters=8))
+  # transformers' greedy generate and prompt-lookup decoding on the same weights, timed in the same run (T = 0)
+  c.peers = ml_collections.ConfigDict(dict(enabled=True, prompt_lookup_num_tokens=4))
   if arg == "tiny":
+    c.peers.enabled = False
     c.target = ""
     c.drafters = ()
     c.prompt_sets = ml_collections.ConfigDict({"code": prompt_set(name="code", max_prompts=2, max_prompt_tokens=24)})

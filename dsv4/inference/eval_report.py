@@ -52,6 +52,13 @@ def table_lines(results) -> list[str]:
                  f"{r['tokens_per_s_ar']:.1f} / {r['tokens_per_s_spec']:.1f}" if r else "—"])
   lines = markdown_table(["set", "drafter", "γ", "T", "τ", "accept rate", "rounds", "= AR", "speedup",
                           "loop efficiency", "predicted", "tok/s AR / spec"], rows)
+  peer_rows = [[tm["set"], p, f"{v['tokens_per_s']:.1f}", str(v["matches_ar"]), _fig(v["ar_speedup_over_peer"]),
+                "; ".join(f"{r['drafter']}@{r['block_size']}: {_fig(r['speedup_over_peers'][p])}" for r in tm["rows"])]
+               for tm in results["timing"] for p, v in tm.get("peers", {}).items()]
+  if peer_rows and results["timing"][0]["rows"]:
+    lines += ["", "transformers peers on the same weights (greedy, batch 1), timed in the same interleaved run:", ""]
+    lines += markdown_table(["set", "peer", "tok/s", "= dsv4 AR", "dsv4 AR speedup over it",
+                             "dsv4 speculative speedup over it"], peer_rows)
   tp = tau_prob_rows(results)
   if tp:
     lines += ["", "τ at T = 1 (trained γ) against the trainer's held-out τ_prob (a T = 1 quantity):", ""]
@@ -98,14 +105,15 @@ def plot_conditional(cells, path, title="conditional acceptance by draft positio
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   sets = list(dict.fromkeys(c["set"] for c in cells))
-  fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
+  fig, axes = plt.subplots(1, len(sets), figsize=(max(7.5, 5 * len(sets)), 3.8), squeeze=False)
   for ax, s in zip(axes[0], sets, strict=True):
     for c in (c for c in cells if c["set"] == s):
       y = [np.nan if v is None else v for v in c["conditional"]]
       ax.plot(range(1, len(y) + 1), y, marker="o", label=f"{c['drafter']} γ={c['block_size']} T={c['temperature']:g}")
     ax.set(title=s, xlabel="draft position k", ylabel="P(accept k | accepted k−1)", ylim=(0, 1.05))
+    ax.set_xticks(range(1, 1 + max(len(c["conditional"]) for c in cells if c["set"] == s)))
     ax.legend(fontsize=7)
-  fig.suptitle(title)
+  fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -183,7 +183,13 @@ def evaluate(config, *, log: Callable[[str], None] = print, target=None, tokeniz
           log(f"  T={temp} {d.name} γ={g}: τ {acc.tau:.3f} over {acc.rounds} rounds")
           variants[f"{d.name}@{g}"] = run
       if config.timing.enabled and temp in config.timing.temperatures:
-        timing.append(_time_set(ps, temp, variants, drafters, gammas, cells, target, config, log))
+        peers = {}
+        if temp == 0 and config.get("peers") and config.peers.enabled:  # the peers decode greedily
+          from dsv4.inference.peers import hf_dir, peer_decoders
+          peers = peer_decoders(hf_dir(target, config.target), ps.prompts, config.max_new_tokens,
+                                config.peers.prompt_lookup_num_tokens)
+        timing.append(_time_set(ps, temp, {**variants, **peers}, drafters, gammas, cells, target, config, log,
+                                peers, ar_out))
   return {"target": str(config.target), "cells": cells, "timing": timing,
           "drafters": {d.name: {"path": d.path, "trained_block_size": d.block_size, "tau_prob": d.tau_prob}
                        for d in drafters},
@@ -191,14 +197,20 @@ def evaluate(config, *, log: Callable[[str], None] = print, target=None, tokeniz
           "summary": summary(config, drafters, gammas, cells, timing)}
 
 
-def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log) -> dict:
-  """Speedups of every drafter × γ over AR on this set, and their loop efficiency from the round's parts."""
+def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log, peers, ar_out) -> dict:
+  """Speedups of every drafter × γ over AR (and over each transformers peer) on this set, and their loop efficiency
+  from the round's parts."""
   from dsv4.inference.round_parts import round_part_timers
   log(f"  timing {ps.name} at T={temp}: {len(variants)} variants × {config.timing.repeats} repetitions")
   t = time_interleaved(variants, config.timing.repeats, warmup=config.timing.warmup,
                        on_high_load=config.timing.on_high_load)
   tokens = next(c["tokens"] for c in cells if c["set"] == ps.name and c["temperature"] == temp)
-  out = {"set": ps.name, "temperature": temp, "load": t.load_line(), "seconds": t.to_dict()["seconds"], "rows": []}
+  out = {"set": ps.name, "temperature": temp, "load": t.load_line(), "seconds": t.to_dict()["seconds"], "rows": [],
+         "peers": {}}
+  full = all(len(o) == config.max_new_tokens for o in ar_out)
+  for p, fn in peers.items():
+    out["peers"][p] = {"tokens_per_s": tokens / t.estimate(p).value, "ar_speedup_over_peer": _ratio(t, p, "ar"),
+                       "matches_ar": fn() == ar_out if full else None}
   iters = config.timing.component_iters
   for d in drafters:
     for g in gammas[d.name]:
@@ -209,9 +221,9 @@ def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log) 
         sp = t.speedup("ar", name)
       except Refused as e:
         sp = e
-      parts = time_interleaved(round_part_timers(target, d.model, ps.prompts[0], g, temperature=temp,
-                                                 top_k=config.top_k, top_p=config.top_p, iters=iters),
-                               config.timing.repeats, warmup=1, on_high_load=config.timing.on_high_load)
+      timers = round_part_timers(target, d.model, ps.prompts[0], g, config.max_new_tokens, temperature=temp,
+                                 top_k=config.top_k, top_p=config.top_p, iters=iters)
+      parts = time_interleaved(timers, config.timing.repeats, warmup=1, on_high_load=config.timing.on_high_load)
       comp = {k: parts.estimate(k).scaled(1.0 / iters) for k in ("ar_step", "draft", "verify")}
       pred = predicted_speedup(cell["tau"], comp["ar_step"], comp["draft"], comp["verify"])
       eff = sp if isinstance(sp, Refused) else loop_efficiency(sp, cell["tau"], comp["ar_step"], comp["draft"],
@@ -219,10 +231,18 @@ def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log) 
       row = {"drafter": d.name, "block_size": g, "speedup": _cell(sp), "loop_efficiency": _cell(eff),
              "predicted_speedup": pred, "tokens_per_s_ar": tokens / t.estimate("ar").value,
              "tokens_per_s_spec": tokens / t.estimate(name).value,
-             "components_s": {k: v.to_dict() for k, v in comp.items()}}
+             "components_s": {k: v.to_dict() for k, v in comp.items()},
+             "speedup_over_peers": {p: _ratio(t, p, name) for p in peers}}
       out["rows"].append(row)
       log(f"    {name}: speedup {'refused' if isinstance(sp, Refused) else sp.fmt()}, predicted {pred:.3f}")
   return out
+
+
+def _ratio(t, slow: str, fast: str) -> dict:
+  try:
+    return _cell(t.speedup(slow, fast))
+  except Refused as e:
+    return _cell(e)
 
 
 def _median(x):

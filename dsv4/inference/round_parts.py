@@ -76,22 +76,25 @@ def _drafts(dgraph, dparams, frozen, dstate, anchor_B, pos_B, *, adapter, iters,
   return jax.lax.fori_loop(0, iters, body, anchor_B)
 
 
-def round_part_timers(target, drafter, prompt: list[int], gamma: int, *, temperature: float = 0.0, top_k: int = 0,
-                      top_p: float = 1.0, iters: int = 8) -> dict:
+def round_part_timers(target, drafter, prompt: list[int], gamma: int, max_new_tokens: int, *,
+                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, iters: int = 8) -> dict:
   """{"ar_step", "draft", "verify"}: no-argument callables each running its part `iters` times (divide a timed
-  call by `iters`). `drafter` as `dsv4.speculative_generate` takes it; `prompt` one prompt's token ids."""
-  from dsv4.inference.speculative import _unwrap
+  call by `iters`). `drafter` as `dsv4.speculative_generate` takes it; `prompt` one prompt's token ids. The caches
+  have the sizes the decoders give them for `max_new_tokens` (attention reads the whole buffer, masked)."""
+  from dsv4.inference.generate import prefill
+  from dsv4.inference.speculative import _unwrap, max_len_for
   module, cfg, frozen = _unwrap(target, drafter)
   adapter = adapter_for(module, gamma)
   tgraph, tparams = nnx.split(target)
   dgraph, dparams = nnx.split(module)
   prompt_BP = jnp.asarray([prompt], jnp.int32)
   tstate, dstate, first_B = _start(tgraph, tparams, dgraph, dparams, frozen, prompt_BP, adapter=adapter,
-                                   max_len=len(prompt) + gamma + 2)
+                                   max_len=max_len_for([len(prompt)], max_new_tokens, gamma))
+  ar_state, _ = prefill(target, [prompt], len(prompt) + max_new_tokens)  # dsv4.generate's cache size
   fed_BN = jnp.broadcast_to(first_B[:, None], (1, gamma + 1)).astype(jnp.int32)
   sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
   return {
-      "ar_step": lambda: _ar_steps(tgraph, tparams, tstate, first_B, iters=iters, **sampling),
+      "ar_step": lambda: _ar_steps(tgraph, tparams, ar_state, first_B, iters=iters, **sampling),
       "draft": lambda: _drafts(dgraph, dparams, frozen, dstate, first_B, tstate.lengths_B, adapter=adapter,
                                iters=iters, **sampling),
       "verify": lambda: _verifies(tgraph, tparams, tstate, fed_BN, iters=iters, taps=adapter.tap_layers),
