@@ -59,6 +59,9 @@ def table_lines(results) -> list[str]:
     lines += ["", "transformers peers on the same weights (greedy, batch 1), timed in the same interleaved run:", ""]
     lines += markdown_table(["set", "peer", "tok/s", "= dsv4 AR", "dsv4 AR speedup over it",
                              "dsv4 speculative speedup over it"], peer_rows)
+  for tm in results["timing"]:
+    for p, why in tm.get("peers_unsupported", {}).items():
+      lines += [f"{tm['set']}: peer {p} not run: {why}"]
   tp = tau_prob_rows(results)
   if tp:
     lines += ["", "τ at T = 1 (trained γ) against the trainer's held-out τ_prob (a T = 1 quantity):", ""]

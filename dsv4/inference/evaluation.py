@@ -183,13 +183,14 @@ def evaluate(config, *, log: Callable[[str], None] = print, target=None, tokeniz
           log(f"  T={temp} {d.name} γ={g}: τ {acc.tau:.3f} over {acc.rounds} rounds")
           variants[f"{d.name}@{g}"] = run
       if config.timing.enabled and temp in config.timing.temperatures:
-        peers = {}
+        peers, unsupported = {}, {}
         if temp == 0 and config.get("peers") and config.peers.enabled:  # the peers decode greedily
           from dsv4.inference.peers import hf_dir, peer_decoders
-          peers = peer_decoders(hf_dir(target, config.target), ps.prompts, config.max_new_tokens,
-                                config.peers.prompt_lookup_num_tokens)
+          peers, unsupported = peer_decoders(hf_dir(target, config.target), ps.prompts, config.max_new_tokens,
+                                             config.peers.prompt_lookup_num_tokens)
         timing.append(_time_set(ps, temp, {**variants, **peers}, drafters, gammas, cells, target, config, log,
                                 peers, ar_out))
+        timing[-1]["peers_unsupported"] = unsupported
   return {"target": str(config.target), "cells": cells, "timing": timing,
           "drafters": {d.name: {"path": d.path, "trained_block_size": d.block_size, "tau_prob": d.tau_prob}
                        for d in drafters},

@@ -4,7 +4,8 @@ The target is read by transformers from a transformers-format directory (`config
 committed targets are; otherwise exported there first with `dsv4.io.hf.save_pretrained`). Two peers:
   hf_greedy        `generate(do_sample=False)`: transformers' own AR decoding;
   hf_prompt_lookup `generate(do_sample=False, prompt_lookup_num_tokens=k)`: n-gram drafts copied from the prompt,
-                   verified by the same model (lossless, so its output is its greedy output).
+                   verified by the same model (lossless, so its output is its greedy output). transformers refuses
+                   it for models with recurrent state (DeepseekV4's compressors); the run then records why.
 Each decodes every prompt of the set, one at a time (batch 1), exactly max_new_tokens tokens (min_new_tokens too,
 EOS off, so lengths match dsv4's when dsv4 runs to the same length). Peers run in this process with torch limited to
 JAX's thread budget (`dsv4.benchmarking.torch_threads`) while JAX is idle.
@@ -26,8 +27,10 @@ def hf_dir(target, target_path: str | None) -> str:
   return str(out)
 
 
-def peer_decoders(model_dir: str, prompts: list[list[int]], max_new_tokens: int, lookup_tokens: int = 0) -> dict:
-  """{"hf_greedy": fn, ["hf_prompt_lookup": fn]}: each fn decodes every prompt and returns the token lists."""
+def peer_decoders(model_dir: str, prompts: list[list[int]], max_new_tokens: int,
+                  lookup_tokens: int = 0) -> tuple[dict, dict]:
+  """({"hf_greedy": fn, ["hf_prompt_lookup": fn]}, {peer: why it cannot run}): each fn decodes every prompt and
+  returns the token lists. Prompt lookup is listed as unsupported where transformers refuses it for the model."""
   import torch
   from transformers import AutoModelForCausalLM
 
@@ -47,7 +50,13 @@ def peer_decoders(model_dir: str, prompts: list[list[int]], max_new_tokens: int,
       return outs
     return run
 
-  peers = {"hf_greedy": decoder()}
+  peers, unsupported = {"hf_greedy": decoder()}, {}
   if lookup_tokens:
-    peers["hf_prompt_lookup"] = decoder(prompt_lookup_num_tokens=lookup_tokens)
-  return peers
+    try:  # transformers refuses assisted generation for models with recurrent state (DeepseekV4: compressor state)
+      with torch.no_grad():
+        model.generate(torch.tensor([prompts[0][:2]]), max_new_tokens=1, do_sample=False, pad_token_id=0,
+                       prompt_lookup_num_tokens=lookup_tokens)
+      peers["hf_prompt_lookup"] = decoder(prompt_lookup_num_tokens=lookup_tokens)
+    except ValueError as e:
+      unsupported["hf_prompt_lookup"] = f"transformers refused it: {e}"
+  return peers, unsupported
