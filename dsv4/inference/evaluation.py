@@ -96,7 +96,7 @@ def load_drafters(config, target) -> list[Drafter]:
     if not Path(path).exists():
       raise ConfigError(f"drafter {name!r}: checkpoint path {path!r} does not exist; give a train_drafter.py workdir, "
                         "a step directory or an export (scripts/export_drafter.py).")
-    d = dsv4.load_drafter(path, target=target)
+    d = dsv4.load_drafter(Path(path).absolute(), target=target)  # orbax restores absolute paths only
     out.append(Drafter(name, d, d.config.block_size, d.meta.get("tau_prob"), str(path)))
   return out
 

@@ -40,7 +40,7 @@ def _cast(tree, dtype):
 def export_drafter(workdir: str | Path, out: str | Path, *, dtype=jnp.bfloat16, provenance: dict | None = None,
                    overwrite: bool = False) -> dict:
   """Writes the latest checkpoint of `workdir` (or the step directory itself) to `out`; returns the provenance."""
-  src = checkpoint_dir(workdir)
+  src = checkpoint_dir(Path(workdir).absolute())  # orbax restores absolute paths only
   out = Path(out)
   if out.exists():
     if not overwrite:

@@ -26,7 +26,7 @@ def test_marked_pieces_follow_the_round_record():
     marked_pieces(out + [17], stats)
 
 
-def test_export_keeps_the_parameters_in_bf16(tmp_path):
+def test_export_keeps_the_parameters_in_bf16(tmp_path, monkeypatch):
   target = tiny_target()
   module = tiny_drafter("dspark")
   src = save_drafter(tmp_path / "trained", module, "tiny-in-test", target.config, step=7,
@@ -43,3 +43,5 @@ def test_export_keeps_the_parameters_in_bf16(tmp_path):
     np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(jnp.asarray(w, jnp.bfloat16), np.float32))
   with pytest.raises(FileExistsError):
     export_drafter(src, tmp_path / "export")
+  monkeypatch.chdir(tmp_path)  # relative paths, as the script's users type them (orbax wants absolute ones)
+  assert export_drafter("trained", "export-relative")["step"] == 7
