@@ -1,0 +1,49 @@
+"""Evaluation of drafters on the committed `small` target: `scripts/evaluate.py --config configs/eval/small.py`.
+
+Variants: (none) the shipped DSpark drafter on held-out corpus code prompts, T = 0 and T = 1, speedup timed at
+T = 0; `:tiny` one prompt set of 2 short prompts, few new tokens, for tests (they set target and drafters).
+Override any field on the command line, e.g. `--config.drafters='(("dspark","/work/runs/dspark-small"),)'` or
+`--config.prompt_sets.code.max_prompts=8`.
+"""
+
+import ml_collections
+
+
+def prompt_set(**kw):
+  base = dict(name="", kind="corpus", path="data/stdlib_corpus", field="turns", split="", max_prompts=4, seed=0,
+              max_prompt_tokens=128)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.target = "assets/targets/small"
+  c.drafters = (("dspark", "assets/drafters/small-dspark"),)
+  c.prompt_sets = ml_collections.ConfigDict({"code": prompt_set(name="code")})
+  c.max_new_tokens = 64
+  c.block_sizes = (None,)        # None: each drafter's trained γ
+  c.temperatures = (0.0, 1.0)    # T = 1 is what the trainer's τ_prob predicts
+  c.top_p = 1.0
+  c.top_k = 0
+  c.seed = 0
+  c.batch_size = 1               # speculative decoding is judged at batch 1
+  c.prepend_bos = False          # corpus cuts and held-out text start mid-document
+  c.stop_at_eos = True
+  c.out_dir = "runs/eval-small"
+  c.timing = ml_collections.ConfigDict(dict(enabled=True, temperatures=(0.0,), repeats=5, warmup=1,
+                                            on_high_load="warn", component_iters=8))
+  # transformers' greedy generate and prompt-lookup decoding on the same weights, timed in the same run (T = 0)
+  c.peers = ml_collections.ConfigDict(dict(enabled=True, prompt_lookup_num_tokens=4))
+  if arg == "tiny":
+    c.peers.enabled = False
+    c.target = ""
+    c.drafters = ()
+    c.prompt_sets = ml_collections.ConfigDict({"code": prompt_set(name="code", max_prompts=2, max_prompt_tokens=24)})
+    c.max_new_tokens = 12
+    c.temperatures = (0.0, 1.0)
+    c.timing.component_iters = 2
+    c.out_dir = "runs/eval-tiny"
+  elif arg is not None:
+    raise ValueError(f"configs/eval/small.py: unknown variant {arg!r}; use no variant or :tiny.")
+  return c

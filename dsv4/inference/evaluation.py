@@ -1,0 +1,285 @@
+"""Evaluating drafters: acceptance (τ, survival, conditional acceptance) and wall-clock speedup over dsv4's AR, on
+prompt sets, for several drafters side by side, over block sizes γ and temperatures.
+
+A run (`evaluate(config)`, driven by `scripts/evaluate.py --config configs/eval/NAME.py`):
+  1. checks everything before computing: the target and drafter paths, the prompt sets (paths, fields), every
+     temperature ≥ 0, every γ ≤ each drafter's trained block size;
+  2. acceptance: for each prompt set × temperature × drafter × γ, `speculative_generate` over the set's prompts
+     (batches of `batch_size`, the same prompts and seed for every drafter), its per-round record pooled per set
+     into `dsv4.inference.metrics.AcceptanceStats` (DESIGN.md's definitions). At T = 0 the output is also compared
+     with `dsv4.generate`'s token for token (`matches_ar`);
+  3. speedup at `timing.temperatures`: AR and every drafter × γ decoding the whole set, interleaved in one
+     `dsv4.benchmarking.time_interleaved` call (≥ 5 repetitions after warm-up, median with spread; a ratio inside
+     the noise is refused and reported as such);
+  4. loop efficiency: the round's parts (`dsv4.inference.round_parts`) timed the same way, then measured speedup /
+     (τ · T_AR-step / (T_draft + T_verify)).
+  5. τ against τ_prob: the trainer's held-out τ_prob (checkpoint metadata, for the drafter's trained γ; a T = 1
+     quantity) beside the measured τ at T = 1 and the same γ, where the run has that cell.
+Outputs (`dsv4.inference.eval_report`): console table, results.json, results.csv, TensorBoard scalars, PNG plots,
+and a final JSON line per drafter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dsv4.benchmarking import Refused, time_interleaved
+from dsv4.inference.metrics import AcceptanceStats, loop_efficiency, macro_average, predicted_speedup
+from dsv4.inference.prompt_sets import PromptSet, load_prompt_set, renderer, set_spec
+from dsv4.model.config import ConfigError
+
+
+@dataclass
+class Drafter:
+  """One drafter of the run: its name, what `speculative_generate` takes, trained γ, and the trainer's τ_prob."""
+  name: str
+  model: object
+  block_size: int
+  tau_prob: float | None
+  path: str
+
+
+def _number(x, what: str) -> float:
+  if isinstance(x, bool) or not isinstance(x, int | float) or not np.isfinite(x):
+    raise ConfigError(f"{what} must be a number, got {x!r}.")
+  return float(x)
+
+
+def check_config(config) -> None:
+  """Refuses bad input before anything is loaded or compiled, naming the field and what to do."""
+  temps = tuple(config.temperatures)
+  if not temps:
+    raise ConfigError("config.temperatures is empty; give at least one temperature (0.0 is greedy).")
+  for t in temps + tuple(config.timing.temperatures):
+    if _number(t, "config.temperatures / config.timing.temperatures entry") < 0:
+      raise ConfigError(f"temperature must be ≥ 0 (0 is greedy), got {t} in config.temperatures or "
+                        "config.timing.temperatures.")
+  missing = [t for t in config.timing.temperatures if t not in temps]
+  if config.timing.enabled and missing:
+    raise ConfigError(f"config.timing.temperatures {missing} are not in config.temperatures {temps}; the speedup is "
+                      "timed on the decodes whose acceptance is measured.")
+  for g in config.block_sizes:
+    if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+      raise ConfigError(f"config.block_sizes entries must be integers ≥ 1 (or None: the drafter's own), got {g!r}.")
+  if not isinstance(config.max_new_tokens, int) or config.max_new_tokens < 2:
+    raise ConfigError(f"config.max_new_tokens must be an integer ≥ 2, got {config.max_new_tokens!r}.")
+  if not config.prompt_sets:
+    raise ConfigError("config.prompt_sets is empty; add a set (kind jsonl / hf / corpus).")
+  for name, spec in config.prompt_sets.items():
+    set_spec({**dict(spec), "name": spec.get("name") or name})
+  if not config.drafters:
+    raise ConfigError("config.drafters is empty; give (name, checkpoint path) pairs.")
+
+
+def gammas_for(config, drafter: Drafter) -> list[int]:
+  """The block sizes this drafter runs: config.block_sizes (None = its trained γ), each ≤ its trained γ."""
+  out = []
+  for g in config.block_sizes:
+    g = drafter.block_size if g is None else g
+    if g > drafter.block_size:
+      raise ConfigError(f"config.block_sizes has {g} but drafter {drafter.name!r} ({drafter.path}) was trained with "
+                        f"block_size {drafter.block_size}: it cannot draft more. Use block sizes ≤ "
+                        f"{drafter.block_size} (or None for its own).")
+    if g not in out:
+      out.append(g)
+  return out
+
+
+def load_drafters(config, target) -> list[Drafter]:
+  import dsv4
+  out = []
+  for name, path in config.drafters:
+    if not Path(path).exists():
+      raise ConfigError(f"drafter {name!r}: checkpoint path {path!r} does not exist; give a train_drafter.py workdir, "
+                        "a step directory or an export (scripts/export_drafter.py).")
+    d = dsv4.load_drafter(Path(path).absolute(), target=target)  # orbax restores absolute paths only
+    out.append(Drafter(name, d, d.config.block_size, d.meta.get("tau_prob"), str(path)))
+  return out
+
+
+def load_sets(config, tokenizer, bos_id) -> list[PromptSet]:
+  render = renderer(tokenizer, bos_id)
+  return [load_prompt_set({**dict(spec), "name": spec.get("name") or name}, render)
+          for name, spec in config.prompt_sets.items()]
+
+
+def _batches(prompts, size):
+  size = size or len(prompts)
+  return [prompts[i:i + size] for i in range(0, len(prompts), size)]
+
+
+def decoders(target, drafter, prompts, config, temperature: float, gamma: int | None, eos_id: int | None):
+  """A no-argument callable decoding every prompt (AR when `drafter` is None) → (outputs, stats list)."""
+  import dsv4
+  kw = dict(temperature=temperature, top_p=config.top_p, top_k=config.top_k, seed=config.seed, eos_id=eos_id)
+  batches = _batches(prompts, config.batch_size)
+
+  def run():
+    outs, stats = [], []
+    for batch in batches:
+      if drafter is None:
+        outs += dsv4.generate(target, batch, config.max_new_tokens, **kw)
+      else:
+        o, s = dsv4.speculative_generate(target, drafter, batch, config.max_new_tokens, block_size=gamma, **kw)
+        outs += o
+        stats.append(s)
+    return outs, stats
+  return run
+
+
+def acceptance(stats_list: list[dict]) -> AcceptanceStats:
+  """Rounds of every batch of a set, pooled (τ pools all rounds of all prompts)."""
+  return AcceptanceStats.from_rounds([s["round_accepted"] for s in stats_list],
+                                     [s["round_proposed"] for s in stats_list],
+                                     [s["round_bonus"] for s in stats_list])
+
+
+def _cell(x):
+  """JSON of an Estimate or a refusal."""
+  return {"refused": str(x), "short": x.short} if isinstance(x, Refused) else x.to_dict()
+
+
+def evaluate(config, *, log: Callable[[str], None] = print, target=None, tokenizer=None) -> dict:
+  """The run described in the module docstring; returns the results dict (see eval_report for the files)."""
+  check_config(config)
+  from dsv4.training.target_source import load_target, tokenizer_path
+  if target is None:
+    if not Path(config.target).exists():
+      raise ConfigError(f"config.target {config.target!r} does not exist; give a target export directory, e.g. "
+                        "assets/targets/small.")
+    target = load_target(config.target)
+  if tokenizer is None:
+    from dsv4.data.tokenizer import load_tokenizer
+    tok_path = tokenizer_path(config.target)
+    if tok_path is None:
+      raise ConfigError(f"{config.target}: no tokenizer.json beside the target; prompts cannot be encoded.")
+    tokenizer = load_tokenizer(tok_path)
+  drafters = load_drafters(config, target)
+  gammas = {d.name: gammas_for(config, d) for d in drafters}
+  sets = load_sets(config, tokenizer, target.config.bos_token_id if config.prepend_bos else None)
+  eos = target.config.eos_token_id if config.stop_at_eos else None
+  cells, timing = [], []
+  for ps in sets:
+    log(f"prompt set {ps.name}: {len(ps.prompts)} prompts, {min(map(len, ps.prompts))}–"
+        f"{max(map(len, ps.prompts))} tokens")
+    for temp in config.temperatures:
+      ar = decoders(target, None, ps.prompts, config, temp, None, eos)
+      ar_out, _ = ar()
+      variants = {"ar": ar}
+      for d in drafters:
+        for g in gammas[d.name]:
+          run = decoders(target, d.model, ps.prompts, config, temp, g, eos)
+          out, stats = run()
+          acc = acceptance(stats)
+          cell = {"set": ps.name, "drafter": d.name, "block_size": g, "temperature": temp, **acc.to_dict(),
+                  "tokens": sum(map(len, out)), "prompts": len(ps.prompts)}
+          if temp == 0:
+            cell["matches_ar"] = out == ar_out
+          cells.append(cell)
+          log(f"  T={temp} {d.name} γ={g}: τ {acc.tau:.3f} over {acc.rounds} rounds")
+          variants[f"{d.name}@{g}"] = run
+      if config.timing.enabled and temp in config.timing.temperatures:
+        peers, unsupported = {}, {}
+        if temp == 0 and config.get("peers") and config.peers.enabled:  # the peers decode greedily
+          from dsv4.inference.peers import hf_dir, peer_decoders
+          peers, unsupported = peer_decoders(hf_dir(target, config.target), ps.prompts, config.max_new_tokens,
+                                             config.peers.prompt_lookup_num_tokens)
+        timing.append(_time_set(ps, temp, {**variants, **peers}, drafters, gammas, cells, target, config, log,
+                                peers, ar_out))
+        timing[-1]["peers_unsupported"] = unsupported
+  return {"target": str(config.target), "cells": cells, "timing": timing,
+          "drafters": {d.name: {"path": d.path, "trained_block_size": d.block_size, "tau_prob": d.tau_prob}
+                       for d in drafters},
+          "sets": {ps.name: {"prompts": len(ps.prompts), "sources": ps.sources} for ps in sets},
+          "summary": summary(config, drafters, gammas, cells, timing)}
+
+
+def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log, peers, ar_out) -> dict:
+  """Speedups of every drafter × γ over AR (and over each transformers peer) on this set, and their loop efficiency
+  from the round's parts."""
+  from dsv4.inference.round_parts import round_part_timers
+  log(f"  timing {ps.name} at T={temp}: {len(variants)} variants × {config.timing.repeats} repetitions")
+  t = time_interleaved(variants, config.timing.repeats, warmup=config.timing.warmup,
+                       on_high_load=config.timing.on_high_load)
+  tokens = next(c["tokens"] for c in cells if c["set"] == ps.name and c["temperature"] == temp)
+  out = {"set": ps.name, "temperature": temp, "load": t.load_line(), "seconds": t.to_dict()["seconds"], "rows": [],
+         "peers": {}}
+  full = all(len(o) == config.max_new_tokens for o in ar_out)
+  for p, fn in peers.items():
+    out["peers"][p] = {"tokens_per_s": tokens / t.estimate(p).value, "ar_speedup_over_peer": _ratio(t, p, "ar"),
+                       "matches_ar": fn() == ar_out if full else None}
+  iters = config.timing.component_iters
+  for d in drafters:
+    for g in gammas[d.name]:
+      name = f"{d.name}@{g}"
+      cell = next(c for c in cells if c["set"] == ps.name and c["drafter"] == d.name and c["block_size"] == g
+                  and c["temperature"] == temp)
+      try:
+        sp = t.speedup("ar", name)
+      except Refused as e:
+        sp = e
+      timers = round_part_timers(target, d.model, ps.prompts[0], g, config.max_new_tokens, temperature=temp,
+                                 top_k=config.top_k, top_p=config.top_p, iters=iters)
+      parts = time_interleaved(timers, config.timing.repeats, warmup=1, on_high_load=config.timing.on_high_load)
+      comp = {k: parts.estimate(k).scaled(1.0 / iters) for k in ("ar_step", "draft", "verify")}
+      pred = predicted_speedup(cell["tau"], comp["ar_step"], comp["draft"], comp["verify"])
+      eff = sp if isinstance(sp, Refused) else loop_efficiency(sp, cell["tau"], comp["ar_step"], comp["draft"],
+                                                               comp["verify"])
+      row = {"drafter": d.name, "block_size": g, "speedup": _cell(sp), "loop_efficiency": _cell(eff),
+             "predicted_speedup": pred, "tokens_per_s_ar": tokens / t.estimate("ar").value,
+             "tokens_per_s_spec": tokens / t.estimate(name).value,
+             "components_s": {k: v.to_dict() for k, v in comp.items()},
+             "speedup_over_peers": {p: _ratio(t, p, name) for p in peers}}
+      out["rows"].append(row)
+      log(f"    {name}: speedup {'refused' if isinstance(sp, Refused) else sp.fmt()}, predicted {pred:.3f}")
+  return out
+
+
+def _ratio(t, slow: str, fast: str) -> dict:
+  try:
+    return _cell(t.speedup(slow, fast))
+  except Refused as e:
+    return _cell(e)
+
+
+def _median(x):
+  return None if x is None or "refused" in x else x["median"]
+
+
+def summary(config, drafters, gammas, cells, timing) -> dict:
+  """Per drafter at its first γ: macro-averaged τ (first temperature), speedup and loop efficiency (first timed
+  temperature; None when any set's figure was refused), and τ at T = 1 beside the trainer's τ_prob."""
+  out = {}
+  for d in drafters:
+    g = gammas[d.name][0]
+    t0 = config.temperatures[0]
+    taus = {c["set"]: c["tau"] for c in cells if c["drafter"] == d.name and c["block_size"] == g
+            and c["temperature"] == t0}
+    rows = [r for tm in timing for r in tm["rows"] if r["drafter"] == d.name and r["block_size"] == g
+            and tm["temperature"] == (config.timing.temperatures[0] if config.timing.temperatures else None)]
+    sp = [_median(r["speedup"]) for r in rows]
+    ef = [_median(r["loop_efficiency"]) for r in rows]
+    t1 = {c["set"]: c["tau"] for c in cells if c["drafter"] == d.name and c["block_size"] == d.block_size
+          and c["temperature"] == 1.0}
+    out[d.name] = {
+        "block_size": g, "temperature": t0, "tau": macro_average(taus),
+        "speedup": float(np.mean(sp)) if sp and None not in sp else None,
+        "loop_efficiency": float(np.mean(ef)) if ef and None not in ef else None,
+        "tau_T1_trained_block": macro_average(t1) if t1 else None, "tau_prob": d.tau_prob,
+        "trained_block_size": d.block_size}
+  return out
+
+
+def tau_prob_rows(results: Mapping) -> list[dict]:
+  """τ at T = 1 (the drafter's trained γ, per set) beside the trainer's held-out τ_prob, a T = 1 quantity."""
+  rows = []
+  for name, info in results["drafters"].items():
+    for c in results["cells"]:
+      if c["drafter"] == name and c["temperature"] == 1.0 and c["block_size"] == info["trained_block_size"]:
+        rows.append({"drafter": name, "set": c["set"], "block_size": c["block_size"], "tau_T1": c["tau"],
+                     "tau_prob": info["tau_prob"]})
+  return rows

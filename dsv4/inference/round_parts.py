@@ -1,0 +1,101 @@
+"""The parts of a speculative round, each jitted on its own, for timing: T_AR-step, T_draft and T_verify.
+
+Loop efficiency (DESIGN.md) compares the measured speedup with what the parts predict, τ · T_AR-step /
+(T_draft + T_verify), so the parts are timed apart from the loop, on the same target, drafter, prompt and γ:
+  ar_step  one `extend` of one token plus the next token's sampling: what `dsv4.generate` runs per token;
+  draft    the drafter's `propose` of γ drafts from its state (the adapter the loop uses);
+  verify   one `extend` of [anchor, d_1..d_γ] with the drafter's taps: the target's half of a round.
+Each runs `iters` times inside one jit (`lax.fori_loop`, so dispatch is paid once, as in the loop), and every
+iteration consumes the previous one's output (the next token, anchor or block) so nothing is loop-invariant and
+XLA cannot hoist the work out of the loop; the caches are rolled back to the prompt after each step. A part's time
+is a timed call / `iters`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dsv4.inference.draft_state import adapter_for
+from dsv4.inference.sampling import row_keys, sample
+from dsv4.model.decode import rollback
+
+
+@functools.partial(jax.jit, static_argnames=("tgraph", "dgraph", "adapter", "max_len"))
+def _start(tgraph, tparams, dgraph, dparams, frozen, prompt_BP, *, adapter, max_len):
+  target, drafter = nnx.merge(tgraph, tparams), nnx.merge(dgraph, dparams)
+  B, P = prompt_BP.shape
+  len_B = jnp.full((B,), P, jnp.int32)
+  pre, tstate = target.extend(target.init_state(B, max_len), prompt_BP, len_B, adapter.tap_layers)
+  first_B = jnp.argmax(pre.logits_BNV[:, -1], axis=-1).astype(jnp.int32)
+  dstate = adapter.init(drafter, frozen, pre, prompt_BP, len_B, first_B, max_len)
+  return tstate, dstate, first_B
+
+
+@functools.partial(jax.jit, static_argnames=("tgraph", "iters", "temperature", "top_k", "top_p"))
+def _ar_steps(tgraph, tparams, tstate, tok_B, *, iters, temperature, top_k, top_p):
+  target = nnx.merge(tgraph, tparams)
+  len_B = tstate.lengths_B
+
+  def body(i, carry):
+    state, tok_B = carry
+    out, state = target.extend(state, tok_B[:, None], jnp.ones_like(tok_B))
+    tok_B = sample(out.logits_BNV[:, 0], row_keys(jnp.uint32(0), i, tok_B.shape[0]), temperature, top_k, top_p)
+    return rollback(state, len_B), tok_B
+
+  return jax.lax.fori_loop(0, iters, body, (tstate, tok_B))[1]
+
+
+@functools.partial(jax.jit, static_argnames=("tgraph", "iters", "taps"))
+def _verifies(tgraph, tparams, tstate, fed_BN, *, iters, taps):
+  target = nnx.merge(tgraph, tparams)
+  len_B = tstate.lengths_B
+  n_B = jnp.full((fed_BN.shape[0],), fed_BN.shape[1], jnp.int32)
+
+  def body(i, carry):
+    state, fed_BN = carry
+    out, state = target.extend(state, fed_BN, n_B, taps)
+    return rollback(state, len_B), jnp.argmax(out.logits_BNV, axis=-1).astype(jnp.int32)
+
+  return jax.lax.fori_loop(0, iters, body, (tstate, fed_BN))[1]
+
+
+@functools.partial(jax.jit, static_argnames=("dgraph", "adapter", "iters", "temperature", "top_k", "top_p"))
+def _drafts(dgraph, dparams, frozen, dstate, anchor_B, pos_B, *, adapter, iters, temperature, top_k, top_p):
+  drafter = nnx.merge(dgraph, dparams)
+  key = jax.random.key(0)
+
+  def body(i, anchor_B):
+    prop = adapter.propose(drafter, frozen, dstate, anchor_B, pos_B, jax.random.fold_in(key, i), temperature,
+                           top_k, top_p)
+    return prop.tokens_BG[:, -1]
+
+  return jax.lax.fori_loop(0, iters, body, anchor_B)
+
+
+def round_part_timers(target, drafter, prompt: list[int], gamma: int, max_new_tokens: int, *,
+                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, iters: int = 8) -> dict:
+  """{"ar_step", "draft", "verify"}: no-argument callables each running its part `iters` times (divide a timed
+  call by `iters`). `drafter` as `dsv4.speculative_generate` takes it; `prompt` one prompt's token ids. The caches
+  have the sizes the decoders give them for `max_new_tokens` (attention reads the whole buffer, masked)."""
+  from dsv4.inference.generate import prefill
+  from dsv4.inference.speculative import _unwrap, max_len_for
+  module, cfg, frozen = _unwrap(target, drafter)
+  adapter = adapter_for(module, gamma)
+  tgraph, tparams = nnx.split(target)
+  dgraph, dparams = nnx.split(module)
+  prompt_BP = jnp.asarray([prompt], jnp.int32)
+  tstate, dstate, first_B = _start(tgraph, tparams, dgraph, dparams, frozen, prompt_BP, adapter=adapter,
+                                   max_len=max_len_for([len(prompt)], max_new_tokens, gamma))
+  ar_state, _ = prefill(target, [prompt], len(prompt) + max_new_tokens)  # dsv4.generate's cache size
+  fed_BN = jnp.broadcast_to(first_B[:, None], (1, gamma + 1)).astype(jnp.int32)
+  sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+  return {
+      "ar_step": lambda: _ar_steps(tgraph, tparams, ar_state, first_B, iters=iters, **sampling),
+      "draft": lambda: _drafts(dgraph, dparams, frozen, dstate, first_B, tstate.lengths_B, adapter=adapter,
+                               iters=iters, **sampling),
+      "verify": lambda: _verifies(tgraph, tparams, tstate, fed_BN, iters=iters, taps=adapter.tap_layers),
+  }

@@ -1,0 +1,42 @@
+"""Evaluate drafters against the target: acceptance (τ, survival, conditional acceptance), speedup over dsv4 AR
+and loop efficiency, on prompt sets, several drafters side by side, over block sizes and temperatures.
+
+  python scripts/evaluate.py --config configs/eval/small.py
+  python scripts/evaluate.py --config configs/eval/small.py --config.out_dir=runs/eval-x \\
+      --config.drafters='(("dspark","/work/runs/dspark-small"),)' --config.block_sizes='(None,4,2)'
+
+Writes OUT_DIR/results.json, results.csv, tensorboard/, *.png, prints a table, and ends with one JSON line:
+{"drafters": {name: {"tau", "speedup", "loop_efficiency", "tau_T1_trained_block", "tau_prob", ...}}}.
+See dsv4.inference.evaluation for what is measured and how.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import app  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config (configs/eval/*.py[:variant])")
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}; use --config=... and --config.<field>=...")
+  from dsv4.data.errors import DataError
+  from dsv4.drafters.loading import DrafterLoadError
+  from dsv4.inference import eval_report
+  from dsv4.inference.evaluation import evaluate
+  from dsv4.model.config import ConfigError
+  config = _CONFIG.value
+  try:
+    results = evaluate(config, log=lambda s: print(s, flush=True))
+  except (ConfigError, DataError, DrafterLoadError) as e:
+    sys.exit(f"error: {e}")
+  eval_report.write_all(results, config.out_dir)
+  print(eval_report.final_line(results), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
