@@ -25,10 +25,10 @@ from dsv4 import benchmarking as bm
 from dsv4.configs import load_config
 from dsv4.data.anchors import batch_anchors
 from dsv4.drafters.build import build_drafter
+from dsv4.io.target import load_target, tokenizer_path
 from dsv4.training import data_setup, distill, feature_cache, train_state
 from dsv4.training.distill_config import drafter_config
 from dsv4.training.optimizer import learning_rate, make_optimizer
-from dsv4.training.target_source import load_target, tokenizer_path
 
 
 def peak_bytes(compiled) -> int:

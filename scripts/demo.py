@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dsv4.data.corpus import DEFAULT_CORPUS_DIR, ensure_corpus, load_corpus  # noqa: E402
 from dsv4.data.tokenizer import load_tokenizer  # noqa: E402
+from dsv4.evaluation.spec_demo import run_stage  # noqa: E402
 from dsv4.inference.generate import generate  # noqa: E402
-from dsv4.inference.spec_demo import run_stage  # noqa: E402
 from dsv4.io.hf import from_pretrained  # noqa: E402
 
 TARGET = Path(__file__).resolve().parents[1] / "assets" / "targets" / "small"

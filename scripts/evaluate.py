@@ -7,7 +7,7 @@ and loop efficiency, on prompt sets, several drafters side by side, over block s
 
 Writes OUT_DIR/results.json, results.csv, tensorboard/, *.png, prints a table, and ends with one JSON line:
 {"drafters": {name: {"tau", "speedup", "loop_efficiency", "tau_T1_trained_block", "tau_prob", ...}}}.
-See dsv4.inference.evaluation for what is measured and how.
+See dsv4.evaluation.harness for what is measured and how.
 """
 
 import sys
@@ -24,15 +24,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config (co
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}; use --config=... and --config.<field>=...")
-  from dsv4.data.errors import DataError
-  from dsv4.drafters.loading import DrafterLoadError
-  from dsv4.inference import eval_report
-  from dsv4.inference.evaluation import evaluate
-  from dsv4.model.config import ConfigError
+  from dsv4.errors import Dsv4Error
+  from dsv4.evaluation import eval_report
+  from dsv4.evaluation.harness import evaluate
   config = _CONFIG.value
   try:
     results = evaluate(config, log=lambda s: print(s, flush=True))
-  except (ConfigError, DataError, DrafterLoadError) as e:
+  except Dsv4Error as e:
     sys.exit(f"error: {e}")
   eval_report.write_all(results, config.out_dir)
   print(eval_report.final_line(results), flush=True)

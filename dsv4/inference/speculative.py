@@ -173,7 +173,7 @@ def round_stats(logs, gamma: int) -> dict:
 def _unwrap(target, drafter):
   """(drafter module, its DrafterConfig, FrozenTarget of `target`), refusing a drafter made for another target."""
   from dsv4.drafters.context import FrozenTarget
-  from dsv4.drafters.loading import LoadedDrafter, check_target
+  from dsv4.io.drafter_checkpoint import LoadedDrafter, check_target
   if isinstance(drafter, LoadedDrafter):
     module, cfg = drafter.model, drafter.config
     if drafter.target is not target:

@@ -22,7 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dsv4.drafters.loading import DrafterLoadError, checkpoint_dir
+from dsv4.errors import CheckpointError
+from dsv4.io.drafter_checkpoint import checkpoint_dir
+from dsv4.io.target import describe
 
 
 def _relative_target(path: str) -> str:
@@ -49,7 +51,7 @@ def export_drafter(workdir: str | Path, out: str | Path, *, dtype=jnp.bfloat16, 
   with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
     meta = ckptr.restore(src / "meta")
   if "drafter" not in meta or "target" not in meta:
-    raise DrafterLoadError(f"{src}: not a drafter checkpoint (its metadata has no drafter config or target).")
+    raise CheckpointError(f"{src}: not a drafter checkpoint (its metadata has no drafter config or target).")
   with ocp.StandardCheckpointer() as ckptr:
     saved = ckptr.restore(src / "state")
   state = {"params": _cast(saved["params"], dtype), "rest": saved["rest"], "step": saved["step"]}
@@ -84,7 +86,6 @@ def save_drafter(out: str | Path, drafter, target_path: str | Path, target_cfg, 
   "tau_prob")."""
   from flax import nnx
 
-  from dsv4.training.target_source import describe
   _, params, rest = nnx.split(drafter, nnx.Param, ...)
   state = {"params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest), "step": np.int64(step)}
   _write(Path(out), {"drafter": drafter.config.to_dict(), "target": describe(target_path, target_cfg),

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import dsv4
-from dsv4.inference.spec_demo import marked_pieces
+from dsv4.evaluation.spec_demo import marked_pieces
 from dsv4.io.drafter_export import export_drafter, save_drafter
 from tests.inference.spec_fixtures import tiny_drafter, tiny_target
 

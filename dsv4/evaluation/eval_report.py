@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsv4.inference.evaluation import tau_prob_rows
+from dsv4.evaluation.harness import tau_prob_rows
 
 CSV_FIELDS = ("set", "drafter", "block_size", "temperature", "tau", "rounds", "proposed", "accepted",
               "acceptance_rate", "tokens", "prompts", "matches_ar", "speedup", "speedup_min", "speedup_max",

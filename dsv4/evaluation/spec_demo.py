@@ -1,6 +1,6 @@
 """The demo's speculative stage: a trained DSpark drafter with the `small` target against dsv4 AR on held-out code.
 
-For each prompt (held-out corpus modules cut at a function body, `dsv4.inference.prompt_sets`), greedy speculative
+For each prompt (held-out corpus modules cut at a function body, `dsv4.evaluation.prompt_sets`), greedy speculative
 decoding and AR decoding are timed interleaved through `dsv4.benchmarking` (5 repetitions after warm-up, medians),
 their tokens/s printed with τ, and the continuation printed with every accepted draft marked (the tokens the target
 only verified); unmarked tokens are the target's own (the first token, and each round's correction or bonus). The
@@ -44,8 +44,8 @@ def run_stage(target, tokenizer, drafter_dir, corpus_dir, png: Path, mark: Calla
   import json
 
   import dsv4
-  from dsv4.inference.eval_report import plot_conditional
-  from dsv4.inference.prompt_sets import load_prompt_set, renderer
+  from dsv4.evaluation.eval_report import plot_conditional
+  from dsv4.evaluation.prompt_sets import load_prompt_set, renderer
 
   drafter = dsv4.load_drafter(drafter_dir, target=target)
   prov_path = Path(drafter_dir) / "provenance.json"

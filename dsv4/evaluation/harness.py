@@ -15,7 +15,7 @@ A run (`evaluate(config)`, driven by `scripts/evaluate.py --config configs/eval/
      (τ · T_AR-step / (T_draft + T_verify)).
   5. τ against τ_prob: the trainer's held-out τ_prob (checkpoint metadata, for the drafter's trained γ; a T = 1
      quantity) beside the measured τ at T = 1 and the same γ, where the run has that cell.
-Outputs (`dsv4.inference.eval_report`): console table, results.json, results.csv, TensorBoard scalars, PNG plots,
+Outputs (`dsv4.evaluation.eval_report`): console table, results.json, results.csv, TensorBoard scalars, PNG plots,
 and a final JSON line per drafter.
 """
 
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from dsv4.benchmarking import Refused, time_interleaved
+from dsv4.evaluation.prompt_sets import PromptSet, load_prompt_set, renderer, set_spec
 from dsv4.inference.metrics import AcceptanceStats, loop_efficiency, macro_average, predicted_speedup
-from dsv4.inference.prompt_sets import PromptSet, load_prompt_set, renderer, set_spec
 from dsv4.model.config import ConfigError
 
 
@@ -146,7 +146,7 @@ def _cell(x):
 def evaluate(config, *, log: Callable[[str], None] = print, target=None, tokenizer=None) -> dict:
   """The run described in the module docstring; returns the results dict (see eval_report for the files)."""
   check_config(config)
-  from dsv4.training.target_source import load_target, tokenizer_path
+  from dsv4.io.target import load_target, tokenizer_path
   if target is None:
     if not Path(config.target).exists():
       raise ConfigError(f"config.target {config.target!r} does not exist; give a target export directory, e.g. "
@@ -185,7 +185,7 @@ def evaluate(config, *, log: Callable[[str], None] = print, target=None, tokeniz
       if config.timing.enabled and temp in config.timing.temperatures:
         peers, unsupported = {}, {}
         if temp == 0 and config.get("peers") and config.peers.enabled:  # the peers decode greedily
-          from dsv4.inference.peers import hf_dir, peer_decoders
+          from dsv4.evaluation.peers import hf_dir, peer_decoders
           peers, unsupported = peer_decoders(hf_dir(target, config.target), ps.prompts, config.max_new_tokens,
                                              config.peers.prompt_lookup_num_tokens)
         timing.append(_time_set(ps, temp, {**variants, **peers}, drafters, gammas, cells, target, config, log,

@@ -14,9 +14,9 @@ import pytest
 import dsv4
 from dsv4.data.errors import DataError
 from dsv4.data.tokenizer import train_bpe
-from dsv4.inference import eval_report
-from dsv4.inference.evaluation import evaluate
-from dsv4.inference.prompt_sets import function_cuts, load_prompt_set, renderer
+from dsv4.evaluation import eval_report
+from dsv4.evaluation.harness import evaluate
+from dsv4.evaluation.prompt_sets import function_cuts, load_prompt_set, renderer
 from dsv4.io.drafter_export import save_drafter
 from dsv4.model.config import ConfigError
 from tests.inference.spec_fixtures import ROOT, tiny_drafter, tiny_target
@@ -127,7 +127,7 @@ def test_function_cuts_stop_after_header_and_docstring():
 
 @needs_datasets
 def test_bad_input_is_refused_before_compute(drafter_dir, tokenizer, tmp_path, monkeypatch):
-  import dsv4.inference.evaluation as ev
+  import dsv4.evaluation.harness as ev
 
   def no_compute(*a, **k):
     raise AssertionError("decoding started before the input was checked")
@@ -153,7 +153,7 @@ def test_transformers_peers_decode_what_dsv4_ar_decodes(tmp_path):
   """The peers read the same weights: transformers' greedy generate gives dsv4.generate's greedy tokens on the tiny
   target; its prompt-lookup decoding (lossless: the same tokens) where transformers runs it, which it refuses for
   DeepseekV4 (a model with recurrent state), and the refusal is recorded."""
-  from dsv4.inference.peers import hf_dir, peer_decoders
+  from dsv4.evaluation.peers import hf_dir, peer_decoders
   target = tiny_target()
   rng = np.random.default_rng(0)
   base = rng.integers(3, target.config.vocab_size, 6).tolist()
