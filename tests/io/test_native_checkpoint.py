@@ -99,7 +99,7 @@ def test_missing_scale_names_both(tmp_path):
   w = np.ones((4, 4), ml_dtypes.float8_e4m3fn)
   path = _write(tmp_path, {"layers.0.attn.wq_a.weight": w, "x.weight": ref.F4(np.zeros((2, 2), np.uint8))})
   with pytest.raises(CheckpointError) as e:
-    dsv4.from_pretrained(path)
+    NativeCheckpoint(path)  # the pairs are checked when the directory is opened, before any config is read
   msg = str(e.value)
   assert "2 quantized tensor problem" in msg
   for name in ("layers.0.attn.wq_a.weight", "layers.0.attn.wq_a.scale", "layers.0.attn.wq_a.weight_scale_inv",
