@@ -36,26 +36,14 @@ def main(argv):
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  from dsv4.errors import Dsv4Error
   from dsv4.training import pretrain_loop
-  from dsv4.training.interrupts import Interrupted
+  from dsv4.training.interrupts import run_or_exit
   config = _CONFIG.value
   for section in ("model", "train", "data"):
     if section not in config:
       sys.exit(f"error: {_CONFIG.config_filename if hasattr(_CONFIG, 'config_filename') else 'config'} has no "
                f"`{section}` section; target configs for training define model, train and data.")
-  try:
-    result = pretrain_loop.run(config, _WORKDIR.value, provenance=provenance())
-  except Dsv4Error as e:
-    sys.exit(f"error: {e}")
-  except Interrupted as e:  # SIGINT / SIGTERM: the step was finished and saved
-    print(e, file=sys.stderr, flush=True)
-    sys.exit(e.exit_code)
-  except KeyboardInterrupt:  # a second signal while stopping
-    print("interrupted again while stopping; the last step may not be saved. Re-run the same command to resume "
-          "from the last checkpoint.",
-          file=sys.stderr, flush=True)
-    sys.exit(130)
+  result = run_or_exit(lambda: pretrain_loop.run(config, _WORKDIR.value, provenance=provenance()))
   if distributed.is_main():
     print(json.dumps(result))
 

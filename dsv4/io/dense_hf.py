@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dsv4.io.safetensors_dir import CheckpointError, write_shards
+from dsv4.io.safetensors_dir import CheckpointError, write_shards, written_whole
 from dsv4.model.dense import DenseTransformer
 from dsv4.model.dense_config import DenseConfig, dense_config_from_hf, dense_config_to_hf
 
@@ -142,18 +140,7 @@ def dense_hf_tensors(model: DenseTransformer) -> dict[str, np.ndarray]:
 
 def save_dense_pretrained(model: DenseTransformer, path: str | os.PathLike, overwrite: bool = False) -> Path:
   """config.json + safetensors that transformers' *ForCausalLM loads; written to a temporary sibling first."""
-  out = Path(path)
-  if out.exists() and not overwrite:
-    raise FileExistsError(f"{out}: exists; pass overwrite=True (or --overwrite) to replace it.")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-  try:
+  with written_whole(path, overwrite) as tmp:
     write_shards(dense_hf_tensors(model), tmp)
     (tmp / "config.json").write_text(json.dumps(dense_config_to_hf(model.config), indent=2))
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(tmp, out)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
-  return out
+  return Path(path)

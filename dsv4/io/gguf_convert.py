@@ -8,25 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from dsv4.io.gguf import load_gguf
 from dsv4.io.gguf_models import resolve
-from dsv4.io.safetensors_dir import write_shards
+from dsv4.io.safetensors_dir import write_shards, written_whole
 
 
 def gguf_to_hf_dir(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> Path:
   """Writes the directory into a temporary sibling and renames it into place (no half-written output)."""
-  out = Path(dst)
-  if out.exists() and not overwrite:
-    raise FileExistsError(f"{out}: exists; pass overwrite=True (or --overwrite) to replace it.")
-  path = resolve(src)
-  config, tensors, tokenizer = load_gguf(path)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-  try:
+  if Path(dst).exists() and not overwrite:  # before the (long) read of the GGUF
+    raise FileExistsError(f"{dst}: exists; pass overwrite=True (or --overwrite) to replace it.")
+  config, tensors, tokenizer = load_gguf(resolve(src))
+  with written_whole(dst, overwrite) as tmp:
     write_shards(tensors, tmp)
     (tmp / "config.json").write_text(json.dumps({**config, "dtype": "float32"}, indent=2))
     if tokenizer is not None:
@@ -36,10 +30,4 @@ def gguf_to_hf_dir(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bo
                  "pad_token": tokenizer.token(tokenizer.pad_id), "chat_template": tokenizer.chat_template}
       (tmp / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in tok_cfg.items() if v is not None},
                                                             indent=2))
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(tmp, out)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
-  return out
+  return Path(dst)

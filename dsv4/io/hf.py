@@ -12,8 +12,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -23,7 +21,7 @@ from flax import nnx
 from dsv4.io import names as names_lib
 from dsv4.io.hf_config import from_hf_dict, to_hf_dict
 from dsv4.io.native_checkpoint import NativeCheckpoint
-from dsv4.io.safetensors_dir import CheckpointError, write_shards
+from dsv4.io.safetensors_dir import CheckpointError, write_shards, written_whole
 from dsv4.model.config import ModelConfig
 from dsv4.model.transformer import Transformer
 
@@ -111,19 +109,8 @@ def save_pretrained(model: Transformer, path: str | os.PathLike, overwrite: bool
 
   Written into a temporary sibling and renamed into place, so an interrupted export leaves nothing half-written.
   """
-  out = Path(path)
-  if out.exists() and not overwrite:
-    raise FileExistsError(f"{out}: exists; pass overwrite=True (or --overwrite) to replace it.")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-  try:
+  with written_whole(path, overwrite) as tmp:
     tensors = {names_lib.hf_saved_name(n): a for n, a in native_tensors(model).items()}
     write_shards(tensors, tmp)
     (tmp / "config.json").write_text(json.dumps(to_hf_dict(model.config), indent=2))
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(tmp, out)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
-  return out
+  return Path(path)

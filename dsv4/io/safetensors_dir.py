@@ -5,7 +5,11 @@ Reading lives in dsv4.io.native_checkpoint (lazy, by slice, with FP8/FP4 dequant
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import ml_dtypes  # noqa: F401  (registers bfloat16/float8 with numpy so safetensors can return them)
@@ -37,3 +41,22 @@ def write_shards(tensors: dict[str, np.ndarray], out_dir: Path, max_shard_bytes:
     (out_dir / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
   return names
+
+
+@contextlib.contextmanager
+def written_whole(path: str | os.PathLike, overwrite: bool = False):
+  """Yields a temporary sibling folder of `path` to write into; on success it replaces `path` in one rename, on
+  any failure it is removed, so an interrupted export never leaves `path` half-written."""
+  out = Path(path)
+  if out.exists() and not overwrite:
+    raise FileExistsError(f"{out}: exists; pass overwrite=True (or --overwrite) to replace it.")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+  try:
+    yield tmp
+    if out.exists():
+      shutil.rmtree(out)
+    os.replace(tmp, out)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -38,6 +41,24 @@ class Interrupted(Exception):
     super().__init__(f"stopped at step {step} ({signal.Signals(signum).name}), {saved}; re-run the same command to "
                      "resume")
 
+
+
+def run_or_exit(run: Callable[[], Any]) -> Any:
+  """`run()` as the training scripts call it: a `Dsv4Error` exits with its one-line message, a stop on a signal
+  (the step finished and saved) prints that and exits 128 + the signal, a second signal while stopping says the
+  last step may be unsaved and exits 130. No traceback for any of them."""
+  from dsv4.errors import Dsv4Error
+  try:
+    return run()
+  except Dsv4Error as e:
+    sys.exit(f"error: {e}")
+  except Interrupted as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:
+    print("interrupted again while stopping; the last step may not be saved. Re-run the same command to resume "
+          "from the last checkpoint.", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 def _preemption_service():
   """JAX's preemption sync manager when this is a multi-process run that has one, else None."""
