@@ -102,11 +102,24 @@ def write_tensorboard(results, logdir) -> None:
           w.scalars(0, {f"{base}/g{c['block_size']}/T{c['temperature']:g}/{key}": r[key]["median"]})
 
 
-def plot_conditional(cells, path, title="conditional acceptance by draft position") -> Path:
-  """One panel per prompt set, one line per drafter × γ × T: conditional acceptance@k against k."""
+def _pyplot():
+  """matplotlib's pyplot on the file-only Agg backend (imported on first plot: evaluation without plots skips it)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  return plt
+
+
+def _save(plt, fig, path) -> Path:
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return Path(path)
+
+
+def plot_conditional(cells, path, title="conditional acceptance by draft position") -> Path:
+  """One panel per prompt set, one line per drafter × γ × T: conditional acceptance@k against k."""
+  plt = _pyplot()
   sets = list(dict.fromkeys(c["set"] for c in cells))
   fig, axes = plt.subplots(1, len(sets), figsize=(max(7.5, 5 * len(sets)), 3.8), squeeze=False)
   for ax, s in zip(axes[0], sets, strict=True):
@@ -117,16 +130,11 @@ def plot_conditional(cells, path, title="conditional acceptance by draft positio
     ax.set_xticks(range(1, 1 + max(len(c["conditional"]) for c in cells if c["set"] == s)))
     ax.legend(fontsize=7)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return Path(path)
+  return _save(plt, fig, path)
 
 
 def plot_tau(cells, path) -> Path:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _pyplot()
   sets = list(dict.fromkeys(c["set"] for c in cells))
   keys = list(dict.fromkeys((c["drafter"], c["block_size"], c["temperature"]) for c in cells))
   fig, ax = plt.subplots(figsize=(max(5, 1.5 * len(sets) * len(keys) ** 0.5), 3.6))
@@ -138,16 +146,11 @@ def plot_tau(cells, path) -> Path:
   ax.set_xticks(np.arange(len(sets)) + 0.4 - width / 2, sets)
   ax.set(ylabel="τ (accepted length)", title="τ per prompt set")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return Path(path)
+  return _save(plt, fig, path)
 
 
 def plot_speedup(timing, path) -> Path:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _pyplot()
   labels, med, lo, hi, refused = [], [], [], [], []
   for tm in timing:
     for r in tm["rows"]:
@@ -166,10 +169,7 @@ def plot_speedup(timing, path) -> Path:
   ax.axhline(1.0, color="k", lw=0.8, ls="--")
   ax.set(ylabel="speedup over dsv4 AR (×)", title="wall-clock speedup (median, min–max)" +
          (f"\nrefused (inside the noise): {', '.join(refused)}" if refused else ""))
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return Path(path)
+  return _save(plt, fig, path)
 
 
 def final_line(results) -> str:
