@@ -5,6 +5,8 @@
   python scripts/regenerate.py --target assets/targets/small --prompts stdlib --split validation --num_prompts 8 \\
       --prompt_tokens 64 --max_new_tokens 128 --out data/regen-small
   python scripts/regenerate.py --target DIR --prompts chats.jsonl --prompt_field messages --split train --out OUT
+  python scripts/regenerate.py --target smollm2-135m-instruct --prompts data/smollm2/self_prompts/prompts.jsonl \\
+      --prompt_field messages --split train --num_prompts 1843 --max_new_tokens 256 --out data/smollm2/regen
 
 --prompts: `stdlib` (the embedded corpus, built on first use), a local file/directory (txt, json, jsonl, parquet,
 arrow, save_to_disk) or a hub dataset name. Plain-text rows give their first --prompt_tokens tokens as the prompt;
@@ -27,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def parse(argv):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--target", required=True, help="exported target directory (config.json + safetensors, or a dsv4 "
-                 "checkpoint with dsv4_config.json)")
+                 "checkpoint with dsv4_config.json), a .gguf file, or an installed model's name "
+                 "(smollm2-135m-instruct)")
   p.add_argument("--out", required=True, help="dataset directory; this call writes OUT/<split>")
   p.add_argument("--split", default="train", help="split to read prompts from and to write (train, validation, ...)")
   p.add_argument("--prompts", default="stdlib", help="'stdlib', a local dataset path, or a hub dataset name")

@@ -4,9 +4,11 @@ Definitions (what a row is):
 - Prompt of a plain-text row: the first `prompt_tokens` ids of the tokenised text (the whole text if shorter or if
   `prompt_tokens` is None). Prompt of a chat row (a `messages` list): the messages before the last assistant reply
   (trailing assistant messages dropped), rendered with `sources.render_chat`, then the assistant header
-  `<|assistant|>\\n`, tokenised whole. Rows whose prompt has no token are skipped (counted in the manifest).
+  `<|assistant|>\\n`, tokenised whole; for a GGUF target (a .gguf file or an installed model's name) rendered by
+  the model's own chat template with its generation prompt instead (dsv4.data.target_text). Rows whose prompt has
+  no token are skipped (counted in the manifest).
 - Response: ids sampled by the target after the prompt with dsv4's batched sampler (`inference.generate`), until the
-  tokenizer's `<|eos|>` (kept: it is a target too) or `max_new_tokens`.
+  tokenizer's EOS (`<|eos|>`, or the GGUF's eos id; kept: it is a target too) or `max_new_tokens`.
 - Row: `ids` = prompt + response (int32), `target_mask` = 0 on every prompt id and 1 on every response id,
   `source_row` = index of the prompt's row in its source split.
 - Batching: prompts run in batches of B = min(batch_size, prompts), right-padded to a width P = the longest prompt
@@ -53,16 +55,14 @@ from dsv4.data.corpus import SPLITS, ensure_corpus, load_corpus, read_manifest, 
 from dsv4.data.errors import DataError
 from dsv4.data.sources import load_documents, render_chat, text_column
 from dsv4.data.stream import IDS, MASK
+from dsv4.data.target_text import GGUFText, JsonTokenizerText, as_target_text
 from dsv4.data.tokenizer import TOKENIZER_FILE, check_vocab, load_tokenizer
-from dsv4.io.target import load_target, read_target_config  # the one target loader (train_drafter's too)
+from dsv4.io.target import load_target, read_target_config, recorded_path  # the one target loader
 
 MANIFEST = "manifest.json"
 MANIFEST_KIND = "dsv4.regenerate"
 SOURCE_ROW = "source_row"
 STDLIB = "stdlib"
-EOS = "<|eos|>"
-# The header render_chat puts before an assistant reply, derived from it so the two cannot drift apart.
-ASSISTANT_HEADER = render_chat([{"role": "assistant", "content": ""}])[0][:-1]
 PARTITION_RULE = "corpus.split_of(row text): sha256 bucket < 90 train, < 95 validation, else test"
 _ENCODE_CHUNK = 256  # source rows tokenised per encode_batch call
 
@@ -99,21 +99,12 @@ class Prompts:
 
 # ---------------------------------------------------------------------------------------------------- prompts
 
-def chat_prompt(messages) -> str:
-  """The text a chat row is prompted with: turns before the last assistant reply, then the assistant header."""
-  render_chat(messages)  # validates every message
-  end = len(messages)
-  while end and messages[end - 1]["role"] == "assistant":
-    end -= 1
-  return render_chat(messages[:end])[0] + ASSISTANT_HEADER if end else ""
-
-
-def _prompt_text(value, i: int) -> tuple[str, str, str]:
+def _prompt_text(value, i: int, text) -> tuple[str, str, str]:
   """(prompt text, full row text, kind) of one column value."""
   if isinstance(value, str):
     return value, value, "text"
   if isinstance(value, list):
-    return chat_prompt(value), render_chat(value)[0], "chat"
+    return text.chat_prompt(value), render_chat(value)[0], "chat"
   raise DataError(f"prompt row {i}: expected a string or a chat message list, got {type(value).__name__}")
 
 
@@ -167,6 +158,7 @@ def load_prompts(source: str, split: str, tokenizer, *, num_prompts: int, prompt
                  log: Callable[[str], None] = print) -> Prompts:
   """The first `num_prompts` usable prompts of `source`'s `split` (see the module docstring), as token ids."""
   from dsv4.data.corpus import DEFAULT_CORPUS_DIR
+  text = as_target_text(tokenizer)
   if not isinstance(num_prompts, int) or num_prompts < 1:
     raise DataError(f"regenerate: num_prompts must be a positive int, got {num_prompts!r}")
   if prompt_tokens is not None and (not isinstance(prompt_tokens, int) or prompt_tokens < 1):
@@ -178,15 +170,15 @@ def load_prompts(source: str, split: str, tokenizer, *, num_prompts: int, prompt
   for idx, values in _row_batches(ds, column, prompt_seed):
     texts = []
     for i, value in zip(idx, values, strict=True):
-      prompt, full, kind = _prompt_text(value, i)
+      prompt, full, kind = _prompt_text(value, i, text)
       if partition is not None and split_of(full) != partition:
         other_split += 1
         continue
       texts.append((i, prompt, kind))
-    encodings = tokenizer.encode_batch([t for _, t, _ in texts]) if texts else []
+    encodings = text.encode_batch([t for _, t, _ in texts], [k == "chat" for _, _, k in texts]) if texts else []
     for (i, _, kind), enc in zip(texts, encodings, strict=True):
       scanned += 1
-      prompt_ids = enc.ids if kind == "chat" or prompt_tokens is None else enc.ids[:prompt_tokens]
+      prompt_ids = enc if kind == "chat" or prompt_tokens is None else enc[:prompt_tokens]
       if not prompt_ids:
         empty += 1
         continue
@@ -216,17 +208,28 @@ def _sha256_file(path: Path) -> str:
   return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def target_info(target: str | os.PathLike, config, fmt: str, tokenizer_path: Path) -> dict:
-  """What identifies the target: path, format, sha256 of its config, its export provenance, the tokenizer's sha256."""
-  path = Path(target).absolute()
-  info = {"path": str(path), "format": fmt,
+def target_info(target: str | os.PathLike, config, fmt: str, text) -> dict:
+  """What identifies the target: path (a wheel model by name), format, sha256 of its config, its export provenance,
+  and the tokenizer's identity (`text.info()`)."""
+  info = {"path": recorded_path(target), "format": fmt,
           "config_sha256": hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest(),
-          "tokenizer": str(tokenizer_path.absolute()), "tokenizer_sha256": _sha256_file(tokenizer_path)}
-  provenance = path / "provenance.json"
-  if provenance.is_file():
+          **text.info()}
+  provenance = Path(target) / "provenance.json"
+  if fmt != "gguf" and provenance.is_file():
     keep = ("exported_at", "checkpoint", "step", "commit", "commit_dirty", "val_loss", "corpus")
     info["provenance"] = {k: v for k, v in json.loads(provenance.read_text()).items() if k in keep}
   return info
+
+
+def target_text(target: str | os.PathLike, fmt: str, tokenizer: str | os.PathLike | None):
+  """The target's tokenizer as regenerate uses it: a GGUF's own (unless `tokenizer` names a tokenizer.json), else
+  `tokenizer` or the target directory's tokenizer.json."""
+  if fmt == "gguf" and tokenizer is None:
+    from dsv4.io.gguf import load_tokenizer as load_gguf_tokenizer
+    return GGUFText(load_gguf_tokenizer(target), str(target))
+  tok_path = Path(tokenizer or target)
+  tok_path = tok_path / TOKENIZER_FILE if tok_path.is_dir() else tok_path
+  return JsonTokenizerText(load_tokenizer(tok_path), tok_path)
 
 
 # ---------------------------------------------------------------------------------------------------- sampling
@@ -431,22 +434,24 @@ def regenerate(target: str | os.PathLike, out: str | os.PathLike, *, split: str 
   dest = check_destination(out, split, overwrite)
   config, fmt = read_target_config(target)
   config = config if model is None else model.config  # the checks below are about the model that will sample
-  tok_path = Path(tokenizer or target)
-  tok_path = tok_path / TOKENIZER_FILE if tok_path.is_dir() else tok_path
-  tok = load_tokenizer(tok_path)
-  check_vocab(tok, config.vocab_size, where=f"target {target}")
+  text = target_text(target, fmt, tokenizer)
+  if isinstance(text, JsonTokenizerText):
+    check_vocab(text.tokenizer, config.vocab_size, where=f"target {target}")
+  elif text.vocab_size > config.vocab_size:
+    raise DataError(f"target {target}: its tokenizer has {text.vocab_size} tokens, more than the model's vocabulary "
+                    f"({config.vocab_size})")
   if not isinstance(pad_multiple, int) or pad_multiple < 1:
     raise DataError(f"regenerate: pad_multiple must be a positive int, got {pad_multiple!r}")
   max_pos = config.max_position_embeddings
-  chosen = load_prompts(prompts, split, tok, num_prompts=num_prompts, prompt_tokens=prompt_tokens,
+  chosen = load_prompts(prompts, split, text, num_prompts=num_prompts, prompt_tokens=prompt_tokens,
                         field=prompt_field, prompt_seed=prompt_seed, corpus_dir=corpus_dir, log=log)
   for p, row in zip(chosen.ids, chosen.source_rows, strict=True):
     if len(p) + sampler.max_new_tokens > max_pos:
       raise DataError(f"prompt source row {row}: its prompt has {len(p)} tokens; with max_new_tokens="
                       f"{sampler.max_new_tokens} that exceeds the target's max_position_embeddings ({max_pos}); "
                       "lower prompt_tokens or max_new_tokens, or drop the row from the source")
-  eos_id = tok.token_to_id(EOS)
-  info = target_info(target, config, fmt, tok_path)
+  eos_id = text.eos_id
+  info = target_info(target, config, fmt, text)
   key = hashlib.sha256(json.dumps({"target": info, "sampler": dataclasses.asdict(sampler), "prompts": chosen.ids,
                                    "pad_multiple": pad_multiple}, sort_keys=True).encode()).hexdigest()
   partial = partial_path(dest.parent, split)

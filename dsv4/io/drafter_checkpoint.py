@@ -24,7 +24,7 @@ from dsv4.drafters.build import abstract_drafter
 from dsv4.drafters.config import DrafterConfig
 from dsv4.drafters.context import FrozenTarget
 from dsv4.errors import CheckpointError, ConfigError, TargetError, brief
-from dsv4.io.target import describe, load_target
+from dsv4.io.target import describe, is_gguf, load_target
 from dsv4.model.config import ModelConfig
 from dsv4.model.transformer import Transformer
 
@@ -106,7 +106,7 @@ def load_drafter(path: str | Path, target: Transformer | None = None) -> LoadedD
   cfg = DrafterConfig.from_mapping(meta["drafter"], where=f"{step_dir}/meta drafter")
   if target is None:
     where = _recorded_target(meta["target"]["path"])
-    if not Path(where).exists():
+    if not Path(where).exists() and not is_gguf(where):  # a wheel model resolves (or says what to install)
       raise TargetError(f"the drafter's target was at {where}, which no longer exists; pass target=... (a "
                              "Transformer with the same vocabulary and width).")
     target = load_target(where)

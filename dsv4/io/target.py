@@ -6,6 +6,9 @@ A target directory is one of (`target_format`):
   dsv4          dsv4_config.json + state/: a dsv4 model checkpoint (dsv4.io.checkpoint)
   workdir       a `train_target.py` workdir: the latest finished step under checkpoints/ (parameters, routing state,
                 and the run's config in its metadata)
+  gguf          a llama.cpp .gguf file, or the name of a model shipped in an installed wheel
+                (`smollm2-135m-instruct`, dsv4.io.gguf_models); recorded by that name, so a drafter finds its
+                target through the wheel on any machine
 
 `read_target_config` reads the config alone, so every check can run before the weights are loaded; `load_target`
 loads the model. `describe` is what a drafter checkpoint records about its target, so that `dsv4.load_drafter`
@@ -31,11 +34,20 @@ from dsv4.model.config import ModelConfig
 from dsv4.model.layers import FrozenState
 from dsv4.model.transformer import Transformer
 
-FORMATS = ("transformers", "dsv4", "workdir")
+FORMATS = ("transformers", "dsv4", "workdir", "gguf")
+
+
+def is_gguf(path: str | os.PathLike) -> bool:
+  """A .gguf file or the name of a known wheel model (not a directory)."""
+  from dsv4.io.gguf_models import MODELS
+  p = Path(path)
+  return not p.is_dir() and (p.suffix == ".gguf" or str(path).lower() in MODELS)
 
 
 def target_format(path: str | os.PathLike) -> str | None:
   """One of FORMATS, or None (nothing finished there)."""
+  if is_gguf(path):
+    return "gguf"
   path = Path(path)
   if (path / checkpoint.CONFIG_FILE).is_file():
     return "dsv4"
@@ -86,8 +98,15 @@ def _missing(path: Path) -> TargetError:
 
 def read_target_config(path: str | os.PathLike) -> tuple[ModelConfig, str]:
   """(ModelConfig, format) of a target directory, without loading its weights."""
+  fmt = target_format(path)
+  if fmt == "gguf":  # opening the file checks all of it (architecture, types, length) and reads no tensor
+    from dsv4.io.gguf import GGUFFile
+    from dsv4.io.gguf_models import resolve
+    from dsv4.model.dense_config import dense_config_from_hf
+    f = GGUFFile(resolve(path))
+    return dense_config_from_hf(f.config, f.path), fmt
   path = Path(path)
-  fmt = target_format(path) if path.is_dir() else None
+  fmt = fmt if path.is_dir() else None
   try:
     if fmt == "dsv4":
       return checkpoint.read_model_config(path), fmt
@@ -102,8 +121,12 @@ def read_target_config(path: str | os.PathLike) -> tuple[ModelConfig, str]:
 
 def load_target(path: str | os.PathLike, fmt: str | None = None) -> Transformer:
   """The target model at `path` (`fmt`: its format when already read by `read_target_config`)."""
+  fmt = fmt or target_format(path)
+  if fmt == "gguf":
+    from dsv4.io.gguf import from_pretrained
+    return from_pretrained(path)
   path = Path(path)
-  fmt = fmt or (target_format(path) if path.is_dir() else None)
+  fmt = fmt if path.is_dir() else None
   if fmt == "transformers":
     return family.from_pretrained(path)
   if fmt == "dsv4":
@@ -114,9 +137,15 @@ def load_target(path: str | os.PathLike, fmt: str | None = None) -> Transformer:
 
 
 def tokenizer_path(path: str | Path) -> Path | None:
-  """The target's tokenizer.json, if it ships one (exports do)."""
+  """The target's tokenizer.json, if it ships one (exports do; a GGUF carries its tokenizer in its metadata)."""
   p = Path(path) / "tokenizer.json"
   return p if p.is_file() else None
+
+
+def recorded_path(path: str | os.PathLike) -> str:
+  """How a target is written into what others read later: a wheel model by its name, anything else absolute."""
+  from dsv4.io.gguf_models import MODELS
+  return str(path).lower() if str(path).lower() in MODELS and not Path(path).exists() else str(Path(path).absolute())
 
 
 def config_hash(cfg: ModelConfig) -> str:
@@ -125,8 +154,8 @@ def config_hash(cfg: ModelConfig) -> str:
 
 def describe(path: str | Path, cfg: ModelConfig) -> dict:
   """What a drafter checkpoint records about its target."""
-  return {"path": str(Path(path).absolute()), "config": cfg.to_dict(), "config_hash": config_hash(cfg)}
+  return {"path": recorded_path(path), "config": cfg.to_dict(), "config_hash": config_hash(cfg)}
 
 
-__all__ = ["FORMATS", "config_hash", "describe", "latest_checkpoint", "load_target", "read_target_config",
-           "restore_model", "target_format", "tokenizer_path"]
+__all__ = ["FORMATS", "config_hash", "describe", "is_gguf", "latest_checkpoint", "load_target", "read_target_config",
+           "recorded_path", "restore_model", "target_format", "tokenizer_path"]
