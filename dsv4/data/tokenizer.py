@@ -21,7 +21,12 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-  """A tokenizer from a `tokenizer.json` file, or from a (model) directory that contains one."""
+  """A tokenizer from a `tokenizer.json` file, a (model) directory that contains one, or a GGUF model (a .gguf file or
+  an installed model's name such as smollm2-135m-instruct: the tokenizer its metadata describes)."""
+  from dsv4.io.target import is_gguf
+  if is_gguf(path):
+    from dsv4.io.gguf import load_tokenizer as load_gguf_tokenizer
+    return load_gguf_tokenizer(path).tokenizer
   path = Path(path)
   file = path / TOKENIZER_FILE if path.is_dir() else path
   if not file.is_file():
