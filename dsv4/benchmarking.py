@@ -360,14 +360,37 @@ def time_figure(samples: np.ndarray | Refused, scale: float = 1.0, spec: str = "
 
 
 def ratio_figure(num: np.ndarray | Refused, den: np.ndarray | Refused, what: str = "ratio",
-                 spec: str = ".3g") -> tuple[str, dict]:
+                 spec: str = ".3g", effect: bool = True) -> tuple[str, dict]:
   """(table cell, JSON dict) of num / den: ratio of medians with the per-pair spread, or 'refused (…)' when an
-  input was refused, a time is ≤ 0, or the per-pair range includes 1."""
+  input was refused, a time is ≤ 0, or (`effect`: the ratio claims a speedup) the per-pair range includes 1.
+  effect=False is for a ratio that is a cost, not a claim (extend of n tokens / of 1), where ≈ 1 is a result."""
   for x in (num, den):
     if isinstance(x, Refused):
       return _refused(Refused(f"{what}: {x}", x.short))
-  est, refusal = ratio_or_refusal(num, den, what)
+  if effect:
+    est, refusal = ratio_or_refusal(num, den, what)
+  else:
+    try:
+      est, refusal = ratio(num, den, what), None
+    except Refused as e:
+      est, refusal = None, e
   return _refused(refusal) if est is None else (est.fmt(spec, "×"), est.to_dict())
+
+
+def require_same_tokens(ours: Sequence[int], theirs: Sequence[int], what: str = "greedy tokens",
+                        names: tuple[str, str] = ("dsv4", "the peer")) -> str:
+  """'k/k' when two greedy decodes of the same prompt agree token for token; otherwise Refused naming the first
+  difference: two runs that produce different tokens do different work, so their times are not compared."""
+  ours, theirs = list(ours), list(theirs)
+  same = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs)))
+  if same == len(ours) == len(theirs):
+    return f"{same}/{same}"
+  n = max(len(ours), len(theirs))
+  at = (f"at position {same} {names[0]} gave {ours[same] if same < len(ours) else 'nothing'}, {names[1]} "
+        f"{theirs[same] if same < len(theirs) else 'nothing'}")
+  raise Refused(f"{what}: {names[0]} and {names[1]} agree on the first {same} of {n} tokens; {at}. They would "
+                "time different work, so nothing is timed: check that both load the same weights in the same dtype.",
+                f"tokens differ: {same}/{n} agree")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

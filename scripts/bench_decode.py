@@ -1,53 +1,147 @@
-"""Benchmark: our jitted decode against transformers' greedy `generate`, same random weights and prompt.
+"""Benchmark: our jitted decode against transformers' greedy `generate` on the same weights and prompt, and the cost
+of verifying n tokens in one `extend`.
 
   python scripts/bench_decode.py --config configs/target/small.py [--out experiments/bench_decode]
+  python scripts/bench_decode.py --model smollm2-135m-instruct [--out experiments/bench_decode_smollm2]
 
-Both sides generate greedily from the same prompt, with max_new_tokens=1 (≈ prefill) and max_new_tokens=N. The
-four runs are timed interleaved (dsv4 1, dsv4 N, transformers 1, transformers N, repeated) after a warm-up, through
-`dsv4.benchmarking`; torch gets as many threads as JAX's cores and runs while JAX is idle (or, with
---peer_process, in its own process). Per-token decode time is (t_N − t_1) / (N − 1) within each repetition; a
-repetition where it is ≤ 0 makes the figure refused, not printed. Ratios are transformers / dsv4, ratio of medians
-with the spread of the per-repetition ratios, refused when that spread includes 1. Prints a table and a final JSON
-line with `decode_speedup_vs_transformers` (and the prefill and whole-generate ratios) as {median, min, max, q1, q3,
-n} or {refused: reason}.
+The target is either random V4 weights built from `--config` (exported to a temporary transformers directory for
+the peer), or a real model, `--model`: an installed model name, a .gguf file or a transformers directory, loaded
+by dsv4 in float32 (`dsv4.io.target.load_target`) and by transformers' AutoModelForCausalLM in float32 from the
+same file (a GGUF through transformers' own dequantisation). Before anything is timed, both sides decode N tokens
+greedily from the prompt (no EOS stop on either side) and must agree token for token; otherwise the run is refused,
+since the two sides would be timing different work.
+
+Both sides generate greedily with max_new_tokens=1 (≈ prefill) and max_new_tokens=N. With --verify_ns (default
+1,2,4,8,16 for --model, none for --config), dsv4's decode state holding a prompt prefix of --verify_prefix tokens
+is extended by n tokens in one jitted `extend` (a speculative verification step), for each n. All variants are
+timed interleaved (dsv4 1, dsv4 N, transformers 1, transformers N, extend n=1, n=2, …, repeated) after a warm-up
+that compiles, through `dsv4.benchmarking`; torch gets as many threads as JAX's cores and runs while JAX is idle
+(or, with --peer_process, in its own process). Per-token decode time is (t_N − t_1) / (N − 1) within each
+repetition; a repetition where it is ≤ 0 makes the figure refused, not printed. Speedups are transformers / dsv4,
+ratio of medians with the spread of the per-repetition ratios, refused when that spread includes 1; verification
+costs are extend(n) / extend(1) with their spread (a cost, so ≈ 1 is a figure, not a refusal). Prints the tables
+and a final JSON line with `decode_speedup_vs_transformers` (and the prefill and whole-generate ratios),
+`verify_cost_vs_one` per n, as {median, min, max, q1, q3, n} or {refused: reason}, and `goals`.
 """
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 import dsv4
 from dsv4 import benchmarking as bm
 from dsv4.configs import load_config, model_config
+from dsv4.inference.generate import prefill
 from dsv4.io.hf import save_pretrained
 
+VERIFY_NS = (1, 2, 4, 8, 16)
 
-def transformers_generate(model_dir: str, prompt: list, n: int):
-  """A no-argument greedy `generate` of n tokens by transformers' DeepseekV4ForCausalLM loaded from model_dir
-  (module level, so a `ProcessVariant` can build it in its own process)."""
+
+@functools.cache
+def transformers_model(model_dir: str, gguf_file: str | None):
+  """transformers' causal LM in float32 from a directory (or a GGUF file in it), loaded once per process, with no
+  EOS: `generate` then makes exactly the tokens asked for, like `dsv4.generate(eos_id=None)`, instead of masking
+  EOS's logit (min_new_tokens), which would change the greedy tokens."""
   import torch
-  from transformers import DeepseekV4ForCausalLM
+  from transformers import AutoModelForCausalLM
 
-  model = DeepseekV4ForCausalLM.from_pretrained(model_dir).eval()
+  kw = {"gguf_file": gguf_file} if gguf_file else {}
+  model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **kw).eval()
+  model.generation_config.eos_token_id = None
+  model.generation_config.pad_token_id = None
+  return model
+
+
+def transformers_generate(model_dir: str, prompt: list, n: int, gguf_file: str | None = None):
+  """A no-argument greedy `generate` of n tokens by transformers (module level, so a `ProcessVariant` can build
+  it in its own process)."""
+  import torch
+
+  model = transformers_model(model_dir, gguf_file)
   ids = torch.tensor([prompt])
 
   def run():
     with torch.no_grad():
-      out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+      out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                           do_sample=False)
     return out[0, len(prompt):].tolist()
   return run
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _verify(graphdef, params, state, tokens_BN):
+  """One extend of all of tokens_BN from `state` (not donated, so every call starts from the same prefix)."""
+  out, _ = nnx.merge(graphdef, params).extend(state, tokens_BN, jnp.full((tokens_BN.shape[0],), tokens_BN.shape[1]))
+  return out.logits_BNV
+
+
+def verify_variants(model, prefix: list, ns, seed: int) -> dict:
+  """'extend n=…' → a no-argument call extending the decode state holding `prefix` by n tokens."""
+  state, _ = prefill(model, [prefix], max_len=len(prefix) + max(ns))
+  graphdef, params = nnx.split(model)
+  tokens = np.random.default_rng(seed + 2).integers(2, model.config.vocab_size, (1, max(ns))).astype(np.int32)
+  blocks = {n: jnp.asarray(tokens[:, :n]) for n in ns}
+  return {f"extend n={n}": functools.partial(_verify, graphdef, params, state, blocks[n]) for n in ns}
+
+
+def _load_model(p, args, tmp: str):
+  """(dsv4 model, peer's model_dir, peer's gguf_file, what was loaded) for --config (random V4, exported to tmp)
+  or --model (a real model, read by both sides from the same file)."""
+  from dsv4.io.gguf_models import resolve
+  from dsv4.io.target import load_target, read_target_config, target_format
+
+  if args.model is None:
+    cfg = model_config(load_config(args.config)).replace(num_nextn_predict_layers=0)
+    ours = dsv4.Transformer(cfg, rngs=nnx.Rngs(args.seed))
+    model_dir = str(Path(tmp) / "model")
+    save_pretrained(ours, model_dir)
+    return ours, model_dir, None, f"random weights from {args.config}"
+  fmt = target_format(args.model)
+  if fmt not in ("gguf", "transformers"):
+    p.error(f"--model {args.model}: needs an installed model name (smollm2-135m-instruct), a .gguf file or a "
+            "transformers directory (config.json + safetensors), which transformers can load too.")
+  cfg, _ = read_target_config(args.model)
+  need = max(args.prompt_len + args.new_tokens, args.verify_prefix + max(args.verify_ns, default=0))
+  if need > cfg.max_position_embeddings:
+    p.error(f"--model {args.model}: prompt and generated tokens ({need}) exceed its max_position_embeddings "
+            f"({cfg.max_position_embeddings}); lower --prompt_len, --new_tokens or --verify_prefix.")
+  ours = load_target(args.model, fmt)
+  if fmt == "gguf":
+    path = resolve(args.model)
+    return ours, str(path.parent), path.name, f"{args.model} (float32, dequantised from {path.name})"
+  return ours, str(Path(args.model).absolute()), None, f"{args.model} (float32)"
+
+
+def _ns(text: str) -> tuple[int, ...]:
+  ns = tuple(int(t) for t in text.split(",") if t.strip())
+  if any(n < 1 for n in ns) or (ns and 1 not in ns):
+    raise argparse.ArgumentTypeError(f"{text!r}: token counts ≥ 1, including 1 (the baseline), e.g. 1,2,4,8,16")
+  return ns
+
+
+def _goal(figure: dict, holds) -> bool | None:
+  return None if "refused" in figure else bool(holds(figure["median"]))
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", default="configs/target/small.py")
+  src = p.add_mutually_exclusive_group()
+  src.add_argument("--config", default="configs/target/small.py", help="random V4 target of this config")
+  src.add_argument("--model", default=None, help="real target: installed model name, .gguf file or transformers dir")
   p.add_argument("--prompt_len", type=int, default=128)
   p.add_argument("--new_tokens", type=int, default=64)
+  p.add_argument("--verify_ns", type=_ns, default=None, help="tokens per verifying extend (default: 1,2,4,8,16 "
+                 "with --model, none with --config)")
+  p.add_argument("--verify_prefix", type=int, default=None, help="prompt prefix before the extend (default "
+                 "--prompt_len)")
   p.add_argument("--repeats", type=int, default=7)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--peer_process", action="store_true", help="run transformers in its own process")
@@ -58,25 +152,33 @@ def main(argv=None):
     p.error(f"--repeats must be ≥ {bm.MIN_REPEATS} (a median with its spread)")
   if args.new_tokens < 2:
     p.error("--new_tokens must be ≥ 2 (the per-token time is (t_N − t_1) / (N − 1))")
+  if args.verify_ns is None:
+    args.verify_ns = VERIFY_NS if args.model else ()
+  args.verify_prefix = args.prompt_len if args.verify_prefix is None else args.verify_prefix
+  if args.verify_ns and args.verify_prefix < 1:
+    p.error("--verify_prefix must be ≥ 1 (a decode state holds at least one prompt token)")
 
-  cfg = model_config(load_config(args.config)).replace(num_nextn_predict_layers=0)
-  ours = dsv4.Transformer(cfg, rngs=nnx.Rngs(args.seed))
-  prompt = np.random.default_rng(args.seed).integers(2, cfg.vocab_size, args.prompt_len).tolist()
   N = args.new_tokens
   log = lambda m: print(f"[bench_decode] {m}", file=sys.stderr, flush=True)  # noqa: E731
   with tempfile.TemporaryDirectory() as tmp:
-    model_dir = str(Path(tmp) / "model")
-    save_pretrained(ours, model_dir)
+    ours, model_dir, gguf_file, what = _load_model(p, args, tmp)
+    vocab = ours.config.vocab_size
+    prompt = np.random.default_rng(args.seed).integers(2, vocab, args.prompt_len).tolist()
     variants = {f"dsv4 {n}": (lambda n=n: dsv4.generate(ours, [prompt], max_new_tokens=n)[0]) for n in (1, N)}
     peers = {}
-    for n in (1, N):
-      peers[f"transformers {n}"] = (bm.ProcessVariant(transformers_generate, (model_dir, prompt, n))
-                                    if args.peer_process else transformers_generate(model_dir, prompt, n))
     try:
+      for n in (1, N):
+        peers[f"transformers {n}"] = (bm.ProcessVariant(transformers_generate, (model_dir, prompt, n, gguf_file))
+                                      if args.peer_process else transformers_generate(model_dir, prompt, n, gguf_file))
       with bm.torch_threads():
+        log(f"greedy check: {N} tokens each side")
+        match = bm.require_same_tokens(variants[f"dsv4 {N}"](), peers[f"transformers {N}"](),
+                                       f"greedy decode of {N} tokens", ("dsv4", "transformers"))
+        if args.verify_ns:
+          prefix = np.random.default_rng(args.seed + 1).integers(2, vocab, args.verify_prefix).tolist()
+          variants.update(verify_variants(ours, prefix, args.verify_ns, args.seed))
         timings = bm.time_interleaved({**variants, **peers}, args.repeats,
                                       on_high_load=bm.load_mode(bool(args.out), args.allow_load), log=log)
-        ours_tokens, theirs_tokens = variants[f"dsv4 {N}"](), peers[f"transformers {N}"]()
     finally:
       for peer in peers.values():
         if isinstance(peer, bm.ProcessVariant):
@@ -85,8 +187,9 @@ def main(argv=None):
   s = timings.samples
   per_token = {who: timings.difference(f"{who} {N}", f"{who} 1", 1e3 / (N - 1), f"{who} per-token decode time")
                for who in ("dsv4", "transformers")}
-  rows, result = [], {"config": args.config, "prompt_len": args.prompt_len, "new_tokens": N,
-                      "repeats": args.repeats, "peer": "process" if args.peer_process else "in-process",
+  rows, result = [], {"config": args.config if args.model is None else None, "model": args.model, "weights": what,
+                      "prompt_len": args.prompt_len, "new_tokens": N, "repeats": args.repeats,
+                      "peer": "process" if args.peer_process else "in-process", "greedy_tokens_matching": match,
                       **{k: v for k, v in timings.to_dict().items() if k != "seconds"}}
   for label, key, a, b in (("prefill + 1 token (s)", "prefill", s["dsv4 1"], s["transformers 1"]),
                            (f"generate {N} tokens (s)", "generate", s[f"dsv4 {N}"], s[f"transformers {N}"]),
@@ -98,19 +201,35 @@ def main(argv=None):
     result.update({f"ours_{key}_{unit}": ja, f"transformers_{key}_{unit}": jb,
                    f"{key}_speedup_vs_transformers": jr})
   table = bm.markdown_table(("measure", "dsv4", "transformers", "transformers / dsv4"), rows)
-  match = sum(a == b for a, b in zip(ours_tokens, theirs_tokens, strict=False))
-  result["greedy_tokens_matching"] = f"{match}/{N}"
+  decode_ratio = bm.ratio_figure(per_token["transformers"], per_token["dsv4"], "per-token decode", effect=False)[1]
+  goals = {"dsv4_ar_at_least_as_fast_as_transformers": _goal(decode_ratio, lambda r: r >= 1.0)}
+  if args.verify_ns:
+    vrows, costs, times = [], {}, {}
+    for n in args.verify_ns:
+      t = s[f"extend n={n}"]
+      (ct, times[str(n)]), (cp, _) = bm.time_figure(t, 1e3), bm.time_figure(t, 1e3 / n)
+      cr, costs[str(n)] = bm.ratio_figure(t, s["extend n=1"], f"extend n={n} / n=1", effect=False)
+      vrows.append((str(n), ct, cp, cr))
+    table += [""] + bm.markdown_table(("tokens per extend", "extend (ms)", "per token (ms)", "cost / one token"),
+                                      vrows)
+    result.update({"verify_prefix": args.verify_prefix, "ours_verify_ms": times, "verify_cost_vs_one": costs})
+    if "8" in costs:
+      goals["verify_8_at_most_2x_one"] = _goal(costs["8"], lambda r: r <= 2.0)
+  result["goals"] = goals
   print("\n".join(table) + "\n" + timings.load_line())
   if args.out:
+    verify = (f" Verification: dsv4's decode state holding a {args.verify_prefix}-token prefix, extended by n tokens "
+              "in one jitted extend; cost = extend(n) / extend(1), ratio of medians with the per-repetition spread."
+              if args.verify_ns else "")
     result["results_md"] = str(bm.write_results(
         args.out, "scripts/bench_decode.py", argv,
-        f"Same random weights and prompt ({args.prompt_len} tokens), greedy, batch 1, one process, CPU. Each cell is "
-        f"the median (min–max, IQR) of {args.repeats} interleaved repetitions after a warm-up; transformers runs "
-        f"{'in its own process' if args.peer_process else 'in the same process, while JAX is idle'}, with "
-        f"{timings.threads} torch threads (JAX's cores). Per-token decode = (t_{N} − t_1) / {N - 1} per repetition; "
-        "ratios are the ratio of medians with the spread of the per-repetition ratios. A refused cell is a result "
-        "that was impossible or inside the noise.\n\n" + timings.load_line(),
-        table, result, extra=f"Greedy tokens matching: {match}/{N}."))
+        f"Weights: {what}; the same weights and prompt ({args.prompt_len} tokens) on both sides, greedy, batch 1, "
+        f"CPU. Each cell is the median (min–max, IQR) of {args.repeats} interleaved repetitions after a warm-up; "
+        f"transformers runs {'in its own process' if args.peer_process else 'in the same process, while JAX is idle'}"
+        f", with {timings.threads} torch threads (JAX's cores). Per-token decode = (t_{N} − t_1) / {N - 1} per "
+        "repetition; speedups are the ratio of medians with the spread of the per-repetition ratios. A refused cell "
+        f"is a result that was impossible or inside the noise.{verify}\n\n" + timings.load_line(),
+        table, result, extra=f"Greedy tokens matching: {match}. Goals: {json.dumps(goals)}."))
   print(json.dumps(result))
 
 

@@ -131,3 +131,22 @@ def test_a_refused_script_ends_with_its_reason_and_status_2(capsys):
   assert exit_info.value.code == 2
   out, err = capsys.readouterr()
   assert "busy" in err and json.loads(out.strip().splitlines()[-1])["refused"].startswith("the machine is busy")
+
+
+def test_greedy_tokens_must_agree_before_timing():
+  assert bm.require_same_tokens([5, 6, 7], [5, 6, 7]) == "3/3"
+  with pytest.raises(bm.Refused, match="agree on the first 1 of 3 tokens; at position 1 dsv4 gave 6, hf 9"):
+    bm.require_same_tokens([5, 6, 7], [5, 9, 7], names=("dsv4", "hf"))
+  with pytest.raises(bm.Refused, match="first 2 of 3 tokens; at position 2 dsv4 gave nothing"):
+    bm.require_same_tokens([5, 6], [5, 6, 7])
+
+
+def test_a_cost_ratio_near_one_is_a_figure_not_a_refusal():
+  a, b = noisy(1.00, 0.10, seed=1), noisy(0.98, 0.10, seed=2)  # per-pair ratios straddle 1
+  cell, figure = bm.ratio_figure(a, b, "cost")
+  assert cell.startswith("refused") and set(figure) == {"refused"}
+  cell, figure = bm.ratio_figure(a, b, "cost", effect=False)
+  assert figure["median"] == pytest.approx(np.median(a) / np.median(b), rel=1e-3) and cell.endswith(")")
+  assert figure["min"] < 1 < figure["max"]
+  cell, figure = bm.ratio_figure(-a, b, "cost", effect=False)  # impossible times stay refused
+  assert set(figure) == {"refused"}
