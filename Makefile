@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # `make test` (the default tier) skips the tests marked slow (end-to-end training runs, multi-process and 8-device
-# training steps) so it fits a few minutes on 2 CPU cores; `make test-slow` runs only those; `make test-all` runs
+# training steps), which take minutes each on 2 CPU cores; `make test-slow` runs only those; `make test-all` runs
 # both tiers, each test once (what CI runs).
 PYTEST := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu $(PY) -m pytest $(XDIST)
 

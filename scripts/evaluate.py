@@ -15,8 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from dsv4 import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config (configs/eval/*.py[:variant])")
 
@@ -37,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

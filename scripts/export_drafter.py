@@ -12,7 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from dsv4 import cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "train_drafter.py workdir (its latest checkpoint) or a step directory")
 _OUT = flags.DEFINE_string("out", None, "directory to write, e.g. assets/drafters/small-dspark")
@@ -38,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

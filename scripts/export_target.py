@@ -17,7 +17,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
+
+from dsv4 import cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "training workdir (its latest checkpoint is exported)")
 _OUT = flags.DEFINE_string("out", None, "output directory (created atomically)")
@@ -142,4 +144,4 @@ def _write_results(out_dir, provenance, summary):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

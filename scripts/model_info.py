@@ -9,9 +9,10 @@ Prints a table by group (total and active per token), totals with and without MT
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from dsv4 import cli
 from dsv4.configs import model_config
 from dsv4.errors import Dsv4Error
 from dsv4.model.param_count import count_params, summary
@@ -36,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

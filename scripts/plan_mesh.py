@@ -19,9 +19,10 @@ import json
 import math
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from dsv4 import cli
 from dsv4.configs import load_config, model_config
 from dsv4.errors import ConfigError, Dsv4Error, ShardingError
 from dsv4.model.param_count import abstract_model
@@ -131,4 +132,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

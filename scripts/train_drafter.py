@@ -19,8 +19,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from dsv4 import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "drafter config (configs/drafter/*.py[:scale])")
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard logs and provenance go here")
@@ -76,4 +78,4 @@ def _write_results(config, result):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

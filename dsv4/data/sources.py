@@ -79,6 +79,14 @@ def _check_columns(ds, text_field: str, where: str) -> None:
                   "Pass text_field=<one of them>.")
 
 
+def check_source(source: str, where: str = "") -> None:
+  """A local source that is not there, and cannot be a hub dataset name either, fails here: before a tokenizer, a
+  model or any other data is looked at. `where` names the field it came from."""
+  if not Path(source).expanduser().exists() and not _looks_like_hub_name(source):
+    raise DataError(f"{where + ': ' if where else ''}{source}: no such file or directory (not a hub dataset name "
+                    "either); check the path")
+
+
 def load_documents(source: str, split: str = "train", *, text_field: str = "text", streaming: bool | None = None,
                    cache_dir: str | None = None) -> datasets.Dataset | datasets.IterableDataset:
   """Dataset of documents from a local path or a hub dataset name.
@@ -89,10 +97,9 @@ def load_documents(source: str, split: str = "train", *, text_field: str = "text
   chat. `cache_dir` is where `datasets` writes its Arrow cache of local files (its default cache if None).
   """
   import datasets
+  check_source(source)
   path = Path(source).expanduser()
   if not path.exists():
-    if not _looks_like_hub_name(source):
-      raise DataError(f"{source}: no such file or directory (not a hub dataset name either); check the path")
     ds = datasets.load_dataset(source, split=split, streaming=True if streaming is None else streaming,
                                cache_dir=cache_dir)
     _check_columns(ds, text_field, source)

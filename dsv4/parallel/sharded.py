@@ -38,8 +38,9 @@ def _is_abstract(state: nnx.State) -> bool:
 
 def _init_compiler_options(mesh) -> dict | None:
   """The init runs once, and on CPU LLVM's optimisation of its one threefry fusion per parameter dominates its
-  compile time (tiny target: ~30 s → ~15 s at level 0) while buying nothing; random bits are integer
-  arithmetic (values checked identical on the tiny target). Other backends keep their defaults."""
+  compile time (tiny target's init on one CPU device, 2 shared cores at load 7–8: 26–29 s → 15–16 s at level 0)
+  while buying nothing; random bits are integer arithmetic (values checked identical on the tiny target). Other
+  backends keep their defaults."""
   return {"xla_backend_optimization_level": 0} if all(d.platform == "cpu" for d in mesh.devices.flat) else None
 
 

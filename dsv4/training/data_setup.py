@@ -10,9 +10,10 @@ import jax
 
 from dsv4.data.corpus import ensure_corpus, load_corpus
 from dsv4.data.errors import DataError
-from dsv4.data.sources import load_documents
+from dsv4.data.sources import check_source, load_documents
 from dsv4.data.stream import PackedStream, tokenize_dataset
 from dsv4.data.tokenizer import check_vocab, load_tokenizer
+from dsv4.errors import ConfigError
 from dsv4.model.config import ModelConfig
 
 
@@ -30,6 +31,21 @@ def alignment(data, model: ModelConfig) -> int:
     return int(data.align)
   ratios = getattr(model, "compress_ratios", ())  # dense targets have no compressed attention: any start works
   return math.lcm(1, *[r for r in ratios if r])
+
+
+def check_data(data, max_positions: int | None = None, model: str = "the model") -> None:
+  """The `data` section's errors that need no data read, before any corpus, tokenizer, target or feature work:
+  seq_len in [2, the model's positions], and a local source that is not there."""
+  if int(data.seq_len) < 2:
+    raise ConfigError(f"config.data.seq_len: must be ≥ 2 (got {data.seq_len}).")
+  if max_positions is not None and int(data.seq_len) > max_positions:
+    raise ConfigError(f"config.data.seq_len={data.seq_len}: longer than the max_position_embeddings "
+                      f"({max_positions}) of {model}; use config.data.seq_len ≤ {max_positions}.")
+  if data.source != "stdlib":
+    if not data.source:
+      raise DataError("config.data.source: empty; use 'stdlib' (the embedded corpus), a local path or a hub dataset "
+                      "name.")
+    check_source(data.source, where="config.data.source")
 
 
 def load_splits(data, model: ModelConfig, log=print) -> Splits:

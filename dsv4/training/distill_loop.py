@@ -17,6 +17,7 @@ on `train.eval_batches` fixed validation batches every `train.eval_every` steps 
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from flax import nnx
 
 from dsv4.data.anchors import batch_anchors
 from dsv4.drafters.build import build_drafter
+from dsv4.errors import DataError
 from dsv4.io.drafter_checkpoint import drafter_meta
 from dsv4.io.target import tokenizer_path
 from dsv4.model.config import ConfigError
@@ -37,9 +39,9 @@ from dsv4.training import data_setup, distill, feature_cache, train_state
 from dsv4.training.checkpointing import TrainCheckpointer
 from dsv4.training.distill_config import FEATURE_MODES, drafter_config
 from dsv4.training.loop import StepOut, Totals, TrainingError, find_run, log, report, run_steps, stoppable
-from dsv4.training.optimizer import learning_rate, make_optimizer
+from dsv4.training.optimizer import check_optimizer, learning_rate, make_optimizer
 from dsv4.training.pretrain_loop import check_batch
-from dsv4.training.target_source import ensure_target
+from dsv4.training.target_source import ensure_target, target_config
 from dsv4.training.tensorboard import ScalarWriter
 from dsv4.training.workdir import check_reuse, check_shared, describe_changes, resume_entry
 
@@ -68,6 +70,8 @@ def check_config(config) -> None:
       raise ConfigError(f"config.data.{name}: must be ≥ 1 (got {d[name]}).")
   if t.batch_size % jax.process_count():
     raise ConfigError(f"config.train.batch_size={t.batch_size} does not divide over {jax.process_count()} processes.")
+  check_optimizer(t)
+  data_setup.check_data(d)
 
 
 class Data:
@@ -79,8 +83,13 @@ class Data:
     self.local_rows = t.batch_size // jax.process_count()
     self.first_row = jax.process_index() * self.local_rows
     self.stream = data_setup.train_stream(splits, d, target_cfg, t.batch_size)
-    val = data_setup.val_stream(splits, d, target_cfg, t.batch_size)
-    self.val = [next(val) for _ in range(int(t.eval_batches))]
+    self.val = list(itertools.islice(data_setup.val_stream(splits, d, target_cfg, t.batch_size),
+                                     int(t.eval_batches)))
+    if len(self.val) < int(t.eval_batches):  # the validation split runs out: say so, not a bare StopIteration
+      raise DataError(
+          f"the validation split ({d.val_split!r}) packs into {len(self.val)} batch(es) of {t.batch_size} rows × "
+          f"config.data.seq_len={d.seq_len} tokens, fewer than config.train.eval_batches={t.eval_batches}; lower "
+          "config.train.eval_batches or config.data.seq_len, or use more validation data.")
     self.cache = self.val_cache = None
     if t.features == "offline":
       root = Path(t.cache_dir) if t.cache_dir else workdir / "features"
@@ -148,6 +157,9 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
     changes = check_reuse(saved_meta, config, dcfg.kind, workdir, latest,
                           ignore=() if d.tokenizer else ("data.tokenizer",))
 
+  # the target's positions bound seq_len: read from its config, before loading (or training) it
+  data_setup.check_data(d, target_config(config.target).max_position_embeddings,
+                        f"the target at {config.target.path}")
   target = bind_rules(ensure_target(config.target, log=_log), rules)  # its expert dispatch follows config.rules
   target_cfg = target.config
   dcfg.check_against_target(target_cfg)

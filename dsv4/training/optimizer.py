@@ -34,12 +34,20 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(train) -> optax.GradientTransformation:
+def check_optimizer(train) -> None:
+  """The optimizer's config errors; the training loops call it before any data or model work."""
   name = train.get("optimizer", "adamw")
   if name not in OPTIMIZERS:
     raise ConfigError(f"config.train.optimizer: {name!r} is not one of {OPTIMIZERS}.")
-  if train.lr <= 0 or train.steps < 1:
-    raise ConfigError(f"config.train: lr ({train.lr}) must be > 0 and steps ({train.steps}) ≥ 1.")
+  if not train.lr > 0:  # NaN too
+    raise ConfigError(f"config.train.lr: must be > 0 (got {train.lr}).")
+  if train.steps < 1:
+    raise ConfigError(f"config.train.steps: must be ≥ 1 (got {train.steps}).")
+
+
+def make_optimizer(train) -> optax.GradientTransformation:
+  check_optimizer(train)
+  name = train.get("optimizer", "adamw")
   schedule = learning_rate(train)
   wd = train.get("weight_decay", 0.0)
   if name == "adamw":

@@ -26,7 +26,7 @@ from dsv4.parallel.rules import logical_to_spec
 from dsv4.training import data_setup, pretrain, train_state
 from dsv4.training.checkpointing import TrainCheckpointer
 from dsv4.training.loop import StepOut, Totals, TrainingError, find_run, log, report, run_steps, stoppable
-from dsv4.training.optimizer import learning_rate, make_optimizer
+from dsv4.training.optimizer import check_optimizer, learning_rate, make_optimizer
 from dsv4.training.tensorboard import ScalarWriter
 from dsv4.training.throughput import compiled_flops, measured_matmul_flops
 from dsv4.training.workdir import check_reuse, check_shared, describe_changes, resume_entry
@@ -38,13 +38,13 @@ _log = log
 
 
 def check_config(config, n_devices: int) -> None:
-  """Config errors before any compute."""
+  """Config errors before any data, model or compute."""
   t, d = config.train, config.data
   for name in ("steps", "batch_size", "checkpoint_every", "eval_every", "log_every", "keep_checkpoints"):
     if int(t[name]) < 1:
       raise ConfigError(f"config.train.{name}: must be ≥ 1 (got {t[name]}).")
-  if d.seq_len < 2:
-    raise ConfigError(f"config.data.seq_len: must be ≥ 2 (got {d.seq_len}).")
+  check_optimizer(t)
+  data_setup.check_data(d, model_config(config).max_position_embeddings, "config.model")
   if t.batch_size % jax.process_count():
     raise ConfigError(f"config.train.batch_size={t.batch_size} does not divide over {jax.process_count()} processes.")
 

@@ -13,10 +13,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dsv4.configs import load_config
+from dsv4.configs import load_config, model_config
 from dsv4.errors import ConfigError
-from dsv4.io.target import config_hash, describe, load_target, target_format, tokenizer_path  # noqa: F401
+from dsv4.io.target import config_hash, describe, load_target, read_target_config, target_format, tokenizer_path  # noqa: F401
+from dsv4.model.config import ModelConfig
 from dsv4.model.transformer import Transformer
+
+
+def _to_train(target_section) -> bool:
+  path = Path(target_section.path)
+  return (not path.is_dir() or target_format(path) is None) and bool(target_section.get("config", ""))
+
+
+def target_config(target_section) -> ModelConfig:
+  """The target's ModelConfig without loading (or training) it: read from `target.path`, or from `target.config`
+  when the target is still to be trained there. Raises TargetError when neither names a target."""
+  if not target_section.path:
+    raise ConfigError("config.target.path: required (a target export, model checkpoint or train_target.py workdir).")
+  if _to_train(target_section):
+    return model_config(load_config(target_section.config))
+  return read_target_config(target_section.path)[0]
 
 
 def ensure_target(target_section, log=print) -> Transformer:
@@ -24,7 +40,7 @@ def ensure_target(target_section, log=print) -> Transformer:
   path = Path(target_section.path)
   if not target_section.path:
     raise ConfigError("config.target.path: required (a target export, model checkpoint or train_target.py workdir).")
-  if (not path.is_dir() or target_format(path) is None) and target_section.get("config", ""):
+  if _to_train(target_section):
     from dsv4.training import pretrain_loop
     config = load_config(target_section.config)
     if target_section.get("train_steps", 0):

@@ -1,0 +1,70 @@
+"""A careless command line through the real absl scripts (dsv4.cli): a typo'd config leaf, a config file that is not
+there, an unknown scale, a bad training value. Each ends in one `error:` line that names the
+flag or field and what to do, exit code 1, no traceback, and nothing written to the workdir."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, config, *args):
+  """`script --config CONFIG ARGS` (or `--config=CONFIG` when given so) from the repository root."""
+  flag = [config] if str(config).startswith("--config=") else ["--config", str(config)]
+  return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *flag, *map(str, args)], capture_output=True,
+                        text=True, cwd=ROOT, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def one_error_line(out) -> str:
+  assert out.returncode == 1, (out.returncode, out.stderr[-2000:])
+  assert "Traceback" not in out.stderr, out.stderr[-2000:]
+  lines = [line for line in out.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-2000:]
+  return lines[0]
+
+
+DRAFTER = ("train_drafter.py", "configs/drafter/dspark.py:tiny")
+TARGET = ("train_target.py", "configs/target/tiny.py")
+
+
+@pytest.mark.parametrize("script, config", [DRAFTER, TARGET])
+def test_a_typo_in_a_config_leaf_says_did_you_mean(script, config, tmp_path):
+  error = one_error_line(run(script, config, "--workdir", tmp_path / "w", "--config.train.stepz=10"))
+  assert "--config.train.stepz" in error and "'steps'" in error, error
+  error = one_error_line(run(script, config, "--workdir", tmp_path / "w", "--config.trian.steps=10"))
+  assert "--config.trian.steps" in error and "'train'" in error, error
+  assert not (tmp_path / "w").exists()
+
+
+def test_evaluate_names_a_typo_and_a_missing_config_file(tmp_path):
+  error = one_error_line(run("evaluate.py", "configs/eval/small.py", "--config.out_dirr=x"))
+  assert "--config.out_dirr" in error and "'out_dir'" in error, error
+  error = one_error_line(run("evaluate.py", tmp_path / "no_such_eval.py"))
+  assert "no config file" in error and "no_such_eval.py" in error, error
+
+
+@pytest.mark.parametrize("script, config", [DRAFTER, TARGET])
+def test_a_missing_config_file_is_one_line_with_or_without_overrides(script, config, tmp_path):
+  missing = config.split(":")[0].replace(".py", "_nope.py")
+  error = one_error_line(run(script, missing, "--workdir", tmp_path / "w"))
+  assert f"no config file {missing}" in error, error
+  error = one_error_line(run(script, f"--config={missing}", "--workdir", tmp_path / "w", "--config.train.steps=3"))
+  assert f"no config file {missing}" in error, error
+  assert not (tmp_path / "w").exists()
+
+
+def test_an_unknown_scale_is_one_line_naming_the_scales(tmp_path):
+  error = one_error_line(run("train_drafter.py", "configs/drafter/dspark.py:huge", "--workdir", tmp_path))
+  assert "unknown scale 'huge'" in error and "tiny" in error and "small" in error, error
+
+
+def test_a_bad_training_value_is_one_line_before_the_target_is_trained(tmp_path):
+  """The tiny drafter config trains its target into target.path first when none is there: lr=-1 stops before."""
+  error = one_error_line(run(*DRAFTER, "--config.train.lr=-1", f"--config.target.path={tmp_path}/target",
+                             f"--config.data.corpus_dir={tmp_path}/corpus", "--workdir", tmp_path / "w"))
+  assert "config.train.lr: must be > 0" in error, error
+  assert sorted(tmp_path.iterdir()) == []  # no corpus, target or workdir made
