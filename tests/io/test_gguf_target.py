@@ -51,7 +51,7 @@ def test_config_from_metadata_without_weights(monkeypatch):
     raise AssertionError("a tensor was read")
   monkeypatch.setattr(dsv4_gguf.GGUFFile, "get", no_tensor)
   monkeypatch.setattr(gguf.quants, "dequantize", no_tensor)
-  for where in (NAME, NAME.upper(), PATH):
+  for where in (NAME, PATH):
     cfg, fmt = read_target_config(where)
     assert fmt == "gguf"
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
