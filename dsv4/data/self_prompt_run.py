@@ -75,6 +75,17 @@ def _write_atomic(path: Path, text: str) -> None:
   os.replace(tmp, path)
 
 
+def check_inputs(out: str | os.PathLike, sampler: QuerySampler, eval_sets=()) -> None:
+  """The checks that need no model: the sampler, an OUT without a finished run, the evaluation sets exist."""
+  sampler.check()
+  if (Path(out) / PROVENANCE).is_file():
+    raise DataError(f"self-prompt: {out} already holds a finished run ({PROVENANCE}); choose another --out")
+  for path in map(Path, eval_sets):
+    if not path.is_file():
+      raise DataError(f"self-prompt: evaluation prompt set {path}: no such file; pass the jsonl files the "
+                      "evaluation uses (e.g. ../shared/datasets/*.jsonl)")
+
+
 def filter_batch(queries: list, room: int, seen: set[str], index: EvalIndex | None, drops: Counter) -> list[str]:
   """The kept queries of one sampled batch ([text, closed by EOS, tokens] each), stripped, in order, at most `room`
   of them. Adds each kept query's `normalise`d text to `seen` (later copies are duplicates) and counts each
@@ -103,10 +114,8 @@ def self_prompt(model, tokenizer, out: str | os.PathLike, sampler: QuerySampler 
   """Writes OUT/prompts.jsonl and OUT/provenance.json (see the module docstring); returns the provenance."""
   from dsv4.inference.generate import generate
 
-  sampler.check()
+  check_inputs(out, sampler, eval_sets)
   out = Path(out)
-  if (out / PROVENANCE).is_file():
-    raise DataError(f"self-prompt: {out} already holds a finished run ({PROVENANCE}); choose another --out")
   index = EvalIndex.from_jsonl(eval_sets) if eval_sets else None
   prefixes = [tokenizer.encode(user_prefix(tokenizer, d.system), add_special_tokens=False) for d in domains]
   eos = tokenizer.eos_id
@@ -163,4 +172,4 @@ def self_prompt(model, tokenizer, out: str | os.PathLike, sampler: QuerySampler 
   return provenance
 
 
-__all__ = ["PROMPTS", "PROVENANCE", "QuerySampler", "filter_batch", "self_prompt"]
+__all__ = ["PROMPTS", "PROVENANCE", "QuerySampler", "check_inputs", "filter_batch", "self_prompt"]

@@ -207,3 +207,49 @@ def test_planted_evaluation_prompt_is_dropped(model, tokenizer, tmp_path):
   rows_u, prov_u = runs["unfiltered"]
   assert rows_u[0]["messages"][0]["content"] == question.strip()
   assert "overlaps an evaluation prompt" not in prov_u["dropped"]
+
+
+# ------------------------------------------------------------------------------------------------ the script
+
+def _script():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("self_prompt_script", Path(__file__).resolve().parents[2] /
+                                                "scripts" / "self_prompt.py")
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  return script
+
+
+@pytest.mark.parametrize("bad", ["sampler", "model", "eval_sets", "finished"])
+def test_script_refuses_bad_input_before_loading_the_model(full, tmp_path, monkeypatch, capsys, bad):
+  from dsv4.io import gguf as dsv4_gguf
+
+  def no_load(*args, **kwargs):
+    raise AssertionError("the model was loaded")
+  monkeypatch.setattr(dsv4_gguf, "from_pretrained", no_load)
+  finished, _ = full
+  argv = {"sampler": ["--model", "smollm2-135m-instruct", "--out", str(tmp_path / "o"), "--num_prompts", "0"],
+          "model": ["--model", "smollm2-9b-nonexistent", "--out", str(tmp_path / "o")],
+          "eval_sets": ["--model", "smollm2-135m-instruct", "--out", str(tmp_path / "o"), "--eval_sets",
+                        str(tmp_path / "gsm8k.jsonl")],
+          "finished": ["--model", "smollm2-135m-instruct", "--out", str(finished)]}[bad]
+  want = {"sampler": "num_prompts must be a positive int", "model": "smollm2-9b-nonexistent",
+          "eval_sets": "gsm8k.jsonl: no such file", "finished": "already holds a finished run"}[bad]
+  with pytest.raises(SystemExit) as exit_info:
+    _script().main(argv)
+  assert str(exit_info.value.code).startswith("error: ") and want in str(exit_info.value.code)
+  assert not (tmp_path / "o" / PROMPTS).exists()
+
+
+def test_script_prints_one_json_line(model, tmp_path, monkeypatch, capsys):
+  """The script end to end with the tiny model standing in for the file's weights (the tokenizer is the real one)."""
+  from dsv4.io import gguf as dsv4_gguf
+  monkeypatch.setattr(dsv4_gguf, "from_pretrained", lambda name: model)
+  out = tmp_path / "o"
+  _script().main(["--model", "smollm2-135m-instruct", "--out", str(out), "--num_prompts", "3", "--batch_size", "4",
+                  "--max_query_tokens", "16", "--seed", "3"])
+  line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert set(line) == {"out", "rows", "dropped", "seconds"}
+  assert line["rows"] == 3 == len(read_rows(out))
+  prov = json.loads((out / PROVENANCE).read_text())
+  assert prov["model"] == "smollm2-135m-instruct" and prov["dropped"] == line["dropped"]
