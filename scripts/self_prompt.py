@@ -28,7 +28,7 @@ def main(argv=None):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--eval_sets", nargs="*", default=[], help="evaluation prompt sets (jsonl with `turns`) to keep out")
   args = p.parse_args(argv)
-  from dsv4.data.self_prompt_run import QuerySampler, self_prompt
+  from dsv4.data.self_prompt_run import QuerySampler, check_inputs, self_prompt
   from dsv4.errors import Dsv4Error
   from dsv4.io.gguf import from_pretrained, load_tokenizer
 
@@ -40,7 +40,7 @@ def main(argv=None):
     sampler = QuerySampler(num_prompts=args.num_prompts, batch_size=args.batch_size,
                            max_query_tokens=args.max_query_tokens, temperature=args.temperature, top_p=args.top_p,
                            seed=args.seed)
-    sampler.check()
+    check_inputs(args.out, sampler, args.eval_sets)  # before the model loads
     tokenizer = load_tokenizer(args.model)
     model = from_pretrained(args.model)
     prov = self_prompt(model, tokenizer, args.out, sampler, eval_sets=args.eval_sets, model_name=args.model,

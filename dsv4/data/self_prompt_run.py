@@ -75,16 +75,47 @@ def _write_atomic(path: Path, text: str) -> None:
   os.replace(tmp, path)
 
 
+def check_inputs(out: str | os.PathLike, sampler: QuerySampler, eval_sets=()) -> None:
+  """The checks that need no model: the sampler, an OUT without a finished run, the evaluation sets exist."""
+  sampler.check()
+  if (Path(out) / PROVENANCE).is_file():
+    raise DataError(f"self-prompt: {out} already holds a finished run ({PROVENANCE}); choose another --out")
+  for path in map(Path, eval_sets):
+    if not path.is_file():
+      raise DataError(f"self-prompt: evaluation prompt set {path}: no such file; pass the jsonl files the "
+                      "evaluation uses (e.g. ../shared/datasets/*.jsonl)")
+
+
+def filter_batch(queries: list, room: int, seen: set[str], index: EvalIndex | None, drops: Counter) -> list[str]:
+  """The kept queries of one sampled batch ([text, closed by EOS, tokens] each), stripped, in order, at most `room`
+  of them. Adds each kept query's `normalise`d text to `seen` (later copies are duplicates) and counts each
+  dropped one in `drops` by reason; queries after the `room`-th kept one are not looked at."""
+  kept = []
+  for text, closed, _ in queries:
+    if len(kept) == room:
+      break
+    text = text.strip()
+    reason = query_problem(text, closed)
+    if reason is None and normalise(text) in seen:
+      reason = "duplicate"
+    if reason is None and index is not None and index.hits(text):
+      reason = "overlaps an evaluation prompt"
+    if reason is not None:
+      drops[reason] += 1
+      continue
+    seen.add(normalise(text))
+    kept.append(text)
+  return kept
+
+
 def self_prompt(model, tokenizer, out: str | os.PathLike, sampler: QuerySampler = QuerySampler(), *,
                 eval_sets: list[str | os.PathLike] = (), model_name: str = "", domains=DOMAINS,
                 log: Callable[[str], None] = print) -> dict:
   """Writes OUT/prompts.jsonl and OUT/provenance.json (see the module docstring); returns the provenance."""
   from dsv4.inference.generate import generate
 
-  sampler.check()
+  check_inputs(out, sampler, eval_sets)
   out = Path(out)
-  if (out / PROVENANCE).is_file():
-    raise DataError(f"self-prompt: {out} already holds a finished run ({PROVENANCE}); choose another --out")
   index = EvalIndex.from_jsonl(eval_sets) if eval_sets else None
   prefixes = [tokenizer.encode(user_prefix(tokenizer, d.system), add_special_tokens=False) for d in domains]
   eos = tokenizer.eos_id
@@ -119,22 +150,10 @@ def self_prompt(model, tokenizer, out: str | os.PathLike, sampler: QuerySampler 
           f.flush()
           os.fsync(f.fileno())
         log(f"domain {domain.name} batch {b}: {kept} of {want} kept so far, {time.time() - t0:.0f} s")
-      for text, closed, n_tokens in record["queries"]:
-        sampled_tokens += n_tokens
-        if kept == want:
-          break
-        text = text.strip()
-        reason = query_problem(text, closed)
-        if reason is None and normalise(text) in seen:
-          reason = "duplicate"
-        if reason is None and index is not None and index.hits(text):
-          reason = "overlaps an evaluation prompt"
-        if reason is not None:
-          drops[reason] += 1
-          continue
-        seen.add(normalise(text))
-        rows.append({"messages": [{"role": "user", "content": text}], "domain": domain.name})
-        kept += 1
+      sampled_tokens += sum(n_tokens for _, _, n_tokens in record["queries"])
+      texts = filter_batch(record["queries"], want - kept, seen, index, drops)
+      rows += [{"messages": [{"role": "user", "content": text}], "domain": domain.name} for text in texts]
+      kept += len(texts)
       b += 1
     per_domain[domain.name] = {"kept": kept, "asked": want, "batches": b}
   _write_atomic(out / PROMPTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -153,4 +172,4 @@ def self_prompt(model, tokenizer, out: str | os.PathLike, sampler: QuerySampler 
   return provenance
 
 
-__all__ = ["PROMPTS", "PROVENANCE", "QuerySampler", "self_prompt"]
+__all__ = ["PROMPTS", "PROVENANCE", "QuerySampler", "check_inputs", "filter_batch", "self_prompt"]
