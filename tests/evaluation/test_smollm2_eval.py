@@ -141,3 +141,26 @@ def test_per_drafter_block_sizes():
   c = ml_collections.ConfigDict({"block_sizes": ml_collections.ConfigDict({"dspark": (None, 5, 3)})})
   assert gammas_for(c, Drafter("dspark", None, 7, None, "")) == [7, 5, 3]
   assert gammas_for(c, Drafter("eagle3", None, 7, None, "")) == [7]
+
+
+@pytest.mark.slow
+@needs_model
+def test_demo_stage_answers_by_ar_and_dspark(drafter_dir, tmp_path, monkeypatch, capsys):
+  """`make demo`'s SmolLM2 stage with an exported drafter in the committed asset's place: both decoders, the same
+  tokens, tokens/s, τ and the speedup for every demo prompt."""
+  import importlib.util
+
+  from dsv4.io.drafter_export import export_drafter
+  spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "scripts/demo.py"))
+  demo = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(demo)
+  export_drafter(drafter_dir, tmp_path / "smollm2-dspark")
+  monkeypatch.setattr(demo, "SMOLLM2_DRAFTER", tmp_path / "smollm2-dspark")
+  monkeypatch.setattr(demo, "SMOLLM2_PNG", tmp_path / "acceptance.png")
+  stage = demo.smollm2_stage(new_tokens=8)
+  assert len(stage["prompts"]) == len(demo.CHAT_PROMPTS)
+  for row in stage["prompts"]:
+    assert row["matches_ar"] and row["tau"] >= 1 and row["tokens_per_s_ar"] > 0 and row["speedup"] > 0
+  out = capsys.readouterr().out
+  assert out.count("dsv4 AR ") == len(demo.CHAT_PROMPTS) and '"speedup_median"' in out
+  assert (tmp_path / "acceptance.png").stat().st_size > 0
