@@ -106,7 +106,7 @@ def smollm2_stage(new_tokens: int = 64) -> dict | None:
   ps = PromptSet("demo chat", [render(p) for p in CHAT_PROMPTS], [f"user: {p}" for p in CHAT_PROMPTS])
   t0 = time.time()
   stage = run_stage(target, tokenizer, SMOLLM2_DRAFTER, ps, SMOLLM2_PNG, bold, new_tokens=new_tokens,
-                    eos_id=tokenizer.eos_id, prompt_tail=0, prompt_bucket=128, title="DSpark on SmolLM2-135M-Instruct")
+                    eos_id=tokenizer.eos_id, prompt_tail=0, prompt_bucket=64, title="DSpark on SmolLM2-135M-Instruct")
   print(json.dumps({"target": SMOLLM2, "drafter": str(SMOLLM2_DRAFTER), "tau": round(stage["tau"], 3),
                     "tau_prob": stage["tau_prob"], "speedup_median": round(stage["speedup"], 3),
                     "tokens_per_s_ar": [round(r["tokens_per_s_ar"], 1) for r in stage["prompts"]],

