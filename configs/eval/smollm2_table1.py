@@ -18,13 +18,14 @@ Drafters: the committed DSpark drafter (assets/drafters/smollm2-dspark) and the 
 (same data and steps). A drafter that is not there stops the run before anything is computed, naming its path and
 the command that trains it; `:dspark` evaluates the committed drafter alone.
 
-Cost on the 2-core CPU (a SmolLM2 AR token ~35 ms, a verify of 8 tokens ~2×, a compilation of a decode loop
-~10 s): per set, the acceptance decodes are AR + 6 speculative variants (DSpark at 3 γ, the others at γ = 7) at two
-temperatures; the timing is 5 repetitions + 1 warm-up of AR, the 6 variants and the 2 peers, then each variant's
-round parts. With 2 prompts × 64 new tokens per set that is ~5 minutes of decoding per set, plus ~10 minutes of
-compilation (3 prompt widths): the whole table is estimated at ~35 minutes on an otherwise idle machine, more while
-other work shares the cores (`:dspark`: ~15 minutes). `:quick` (1 prompt on 2 sets, 16 tokens, γ = 7) took 10
-minutes with the cores shared by other jobs (load 4–7), most of it compilation and the peers' conversion.
+Cost on the 2-core CPU (a SmolLM2 AR token ~35 ms, a verify of 8 tokens ~2×, a decode loop's compilation ~10 s,
+transformers' generate ~0.2 s a token): per set, the acceptance decodes are AR + 6 speculative variants (DSpark
+at 3 γ, the others at γ = 7) at two temperatures, ~1 minute; the timing is 5 repetitions + 1 warm-up of AR and the
+6 variants, then each variant's round parts, ~4 minutes; the 2 transformers peers, timed on HumanEval only, ~6
+minutes; compilation for 3 prompt widths ~10 minutes. The whole table is estimated at ~40 minutes on an otherwise
+idle machine, more while other work shares the cores (`:dspark`: ~25 minutes). `:quick` (1 prompt on 2 sets, 16
+tokens, γ = 7, peers on GSM8K) took 10 minutes with the cores shared by other jobs (load 4–7): compilation, the
+peers' GGUF conversion and transformers' decoding under load.
 
 Variants: (none) the table; `:dspark` the committed drafter only; `:quick` tests / demo size (set `drafters`).
 """
@@ -88,5 +89,9 @@ def get_config(arg=None):
   c.out_dir = str(ROOT / "runs" / ("eval-smollm2-quick" if arg == "quick" else "eval-smollm2-table1"))
   c.timing = ml_collections.ConfigDict(dict(enabled=True, temperatures=(0.0,), repeats=5, warmup=1,
                                             on_high_load="warn", component_iters=2 if arg == "quick" else 4))
-  c.peers = ml_collections.ConfigDict(dict(enabled=True, prompt_lookup_num_tokens=4))
+  # transformers' generate runs ~0.2 s a token here (Python overhead per layer; dsv4's jitted loop ~35 ms), so
+  # timing its two peers on every set would double the run: they are timed on HumanEval (code, where prompt lookup
+  # finds the most to copy); `--config.peers.sets='()'` times them on every set
+  c.peers = ml_collections.ConfigDict(dict(enabled=True, prompt_lookup_num_tokens=4,
+                                           sets=("gsm8k",) if arg == "quick" else ("humaneval",)))
   return c

@@ -234,7 +234,8 @@ def evaluate(config, *, log: Callable[[str], None] = print, target=None, tokeniz
           variants[f"{d.name}@{g}"] = run
       if config.timing.enabled and temp in config.timing.temperatures:
         peers, unsupported = {}, {}
-        if temp == 0 and config.get("peers") and config.peers.enabled:  # the peers decode greedily
+        if temp == 0 and config.get("peers") and config.peers.enabled and (  # the peers decode greedily
+            not config.peers.get("sets") or ps.name in config.peers.sets):  # transformers is slow: maybe a few sets
           from dsv4.evaluation.peers import load_peer_model, peer_decoders
           peer_model = peer_model or load_peer_model(target, config.target)
           peers, unsupported = peer_decoders(peer_model, ps.prompts, config.max_new_tokens,
