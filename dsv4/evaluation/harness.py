@@ -78,6 +78,10 @@ def check_config(config) -> None:
     set_spec({**dict(spec), "name": spec.get("name") or name})
   if not config.drafters:
     raise ConfigError("config.drafters is empty; give (name, checkpoint path) pairs.")
+  names = {spec.get("name") or name for name, spec in config.prompt_sets.items()}
+  unknown = [s for s in ((config.get("peers") or {}).get("sets") or ()) if s not in names]
+  if unknown:
+    raise ConfigError(f"config.peers.sets names {unknown}, which are not prompt sets of this run {sorted(names)}.")
 
 
 def bucket(config) -> int:

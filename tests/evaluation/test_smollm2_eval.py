@@ -88,7 +88,11 @@ def test_missing_drafters_are_named_with_their_commands(tmp_path):
   msg = str(e.value)
   assert str(tmp_path / "no-dspark") in msg and str(tmp_path / "no-eagle3") in msg
   assert "configs/drafter/eagle3.py:smollm2 --workdir runs/smollm2-eagle3" in msg
-  assert load_config(CONFIG + ":dspark").drafters == c.drafters[:0] + load_config(CONFIG).drafters[:1]
+  assert load_config(CONFIG + ":dspark").drafters == load_config(CONFIG).drafters[:1]
+  c = load_config(CONFIG)
+  c.peers.sets = ("humaneval", "gsm8k_typo")
+  with pytest.raises(ConfigError, match="gsm8k_typo"):
+    evaluate(c, log=lambda s: None)
 
 
 def test_datasets_dir_moves_every_set(tmp_path):
