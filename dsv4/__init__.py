@@ -19,20 +19,21 @@ def from_pretrained(path, **kwargs):
   return _load(path, **kwargs)
 
 
-def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0, eos_id=None):
+def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0, eos_id=None,
+             prompt_bucket=1):
   """New tokens per prompt; the whole decode loop runs in one jit (see dsv4.inference.generate)."""
   from dsv4.inference.generate import generate as _generate
   return _generate(model, prompts, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                   eos_id=eos_id)
+                   eos_id=eos_id, prompt_bucket=prompt_bucket)
 
 
 def speculative_generate(target, drafter, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0,
-                         eos_id=None, block_size=None):
+                         eos_id=None, block_size=None, prompt_bucket=1):
   """(new tokens per prompt, stats): draft → verify → accept in one jit, lossless against `generate` (see
   dsv4.inference.speculative for the round structure and the stats' definitions)."""
   from dsv4.inference.speculative import speculative_generate as _spec
   return _spec(target, drafter, prompts, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-               seed=seed, eos_id=eos_id, block_size=block_size)
+               seed=seed, eos_id=eos_id, block_size=block_size, prompt_bucket=prompt_bucket)
 
 
 def load_drafter(path, target=None):

@@ -22,3 +22,14 @@ def test_piped_output_has_no_escape_codes(monkeypatch):
   assert "\033" not in demo.bold("x")
   monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
   assert demo.bold("x") == "\033[1mx\033[0m"
+
+
+def test_smollm2_stage_skips_without_the_committed_drafter(monkeypatch, tmp_path, capsys):
+  spec = importlib.util.spec_from_file_location("demo", DEMO)
+  demo = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(demo)
+  monkeypatch.setattr(demo, "SMOLLM2_DRAFTER", tmp_path / "smollm2-dspark")
+  assert demo.smollm2_stage() is None
+  out = capsys.readouterr().out.strip().splitlines()
+  assert len(out) == 1 and out[0].startswith("SmolLM2 stage skipped: no committed drafter at ")
+  assert str(tmp_path / "smollm2-dspark") in out[0]

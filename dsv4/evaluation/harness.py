@@ -5,9 +5,10 @@ A run (`evaluate(config)`, driven by `scripts/evaluate.py --config configs/eval/
   1. checks everything before computing: the target and drafter paths, the prompt sets (paths, fields), every
      temperature ≥ 0, every γ ≤ each drafter's trained block size;
   2. acceptance: for each prompt set × temperature × drafter × γ, `speculative_generate` over the set's prompts
-     (batches of `batch_size`, the same prompts and seed for every drafter), its per-round record pooled per set
-     into `dsv4.inference.metrics.AcceptanceStats` (DESIGN.md's definitions). At T = 0 the output is also compared
-     with `dsv4.generate`'s token for token (`matches_ar`);
+     (batches of `batch_size`, the same prompts and seed for every drafter; prompt buffers padded to a multiple of
+     `prompt_bucket` so that real prompts of many lengths share a few compiled loops), its per-round record pooled
+     per set into `dsv4.inference.metrics.AcceptanceStats` (DESIGN.md's definitions). At T = 0 the output is also
+     compared with `dsv4.generate`'s token for token (`matches_ar`);
   3. speedup at `timing.temperatures`: AR and every drafter × γ decoding the whole set, interleaved in one
      `dsv4.benchmarking.time_interleaved` call (≥ 5 repetitions after warm-up, median with spread; a ratio inside
      the noise is refused and reported as such);
@@ -62,9 +63,13 @@ def check_config(config) -> None:
   if config.timing.enabled and missing:
     raise ConfigError(f"config.timing.temperatures {missing} are not in config.temperatures {temps}; the speedup is "
                       "timed on the decodes whose acceptance is measured.")
-  for g in config.block_sizes:
+  sweeps = config.block_sizes.values() if _per_drafter(config.block_sizes) else [config.block_sizes]
+  for g in (g for sweep in sweeps for g in sweep):
     if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
       raise ConfigError(f"config.block_sizes entries must be integers ≥ 1 (or None: the drafter's own), got {g!r}.")
+  b = config.get("prompt_bucket")
+  if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+    raise ConfigError(f"config.prompt_bucket must be an integer ≥ 1 (or None), got {b!r}.")
   if not isinstance(config.max_new_tokens, int) or config.max_new_tokens < 2:
     raise ConfigError(f"config.max_new_tokens must be an integer ≥ 2, got {config.max_new_tokens!r}.")
   if not config.prompt_sets:
@@ -73,12 +78,30 @@ def check_config(config) -> None:
     set_spec({**dict(spec), "name": spec.get("name") or name})
   if not config.drafters:
     raise ConfigError("config.drafters is empty; give (name, checkpoint path) pairs.")
+  names = {spec.get("name") or name for name, spec in config.prompt_sets.items()}
+  unknown = [s for s in ((config.get("peers") or {}).get("sets") or ()) if s not in names]
+  if unknown:
+    raise ConfigError(f"config.peers.sets names {unknown}, which are not prompt sets of this run {sorted(names)}.")
+
+
+def bucket(config) -> int:
+  """Prompt buffers padded to a multiple of this (config.prompt_bucket, default 1): every decode loop compiles once
+  per prompt length otherwise, which dominates a run over real prompt sets."""
+  return config.get("prompt_bucket") or 1
+
+
+def _per_drafter(block_sizes) -> bool:
+  return hasattr(block_sizes, "items")  # a dict or ConfigDict: drafter name → block sizes
 
 
 def gammas_for(config, drafter: Drafter) -> list[int]:
-  """The block sizes this drafter runs: config.block_sizes (None = its trained γ), each ≤ its trained γ."""
+  """The block sizes this drafter runs: config.block_sizes (None = its trained γ), each ≤ its trained γ; a mapping
+  gives each drafter its own sweep (a drafter it does not name runs its trained γ)."""
   out = []
-  for g in config.block_sizes:
+  sweep = config.block_sizes
+  if _per_drafter(sweep):
+    sweep = sweep.get(drafter.name, (None,))
+  for g in sweep:
     g = drafter.block_size if g is None else g
     if g > drafter.block_size:
       raise ConfigError(f"config.block_sizes has {g} but drafter {drafter.name!r} ({drafter.path}) was trained with "
@@ -89,16 +112,48 @@ def gammas_for(config, drafter: Drafter) -> list[int]:
   return out
 
 
+def check_drafter_paths(config) -> None:
+  """Refuses missing drafter checkpoints, all of them in one message, each with the command that makes it
+  (`config.drafter_commands`, when the config names one)."""
+  commands = dict(config.get("drafter_commands") or {})
+  missing = [(name, path) for name, path in config.drafters if not Path(path).exists()]
+  if missing:
+    lines = [f"  {name}: {path} — make it with: {commands[name]}" if name in commands else
+             f"  {name}: {path} — give a train_drafter.py workdir, a step directory or an export "
+             "(scripts/export_drafter.py)" for name, path in missing]
+    raise ConfigError("drafter checkpoints that do not exist:\n" + "\n".join(lines) + "\nor leave them out: "
+                      "--config.drafters='((\"NAME\", \"PATH\"), ...)'.")
+
+
 def load_drafters(config, target) -> list[Drafter]:
   import dsv4
+  check_drafter_paths(config)
   out = []
   for name, path in config.drafters:
-    if not Path(path).exists():
-      raise ConfigError(f"drafter {name!r}: checkpoint path {path!r} does not exist; give a train_drafter.py workdir, "
-                        "a step directory or an export (scripts/export_drafter.py).")
     d = dsv4.load_drafter(Path(path).absolute(), target=target)  # orbax restores absolute paths only
     out.append(Drafter(name, d, d.config.block_size, d.meta.get("tau_prob"), str(path)))
   return out
+
+
+def load_tokenizer_for(target_path):
+  """The target's tokenizer: a GGUF model's own (its vocabulary, special ids and chat template), else the
+  tokenizer.json an export ships beside its weights."""
+  from dsv4.io.target import is_gguf, tokenizer_path
+  if is_gguf(target_path):
+    from dsv4.io.gguf import load_tokenizer
+    return load_tokenizer(target_path)
+  from dsv4.data.tokenizer import load_tokenizer
+  tok_path = tokenizer_path(target_path)
+  if tok_path is None:
+    raise ConfigError(f"{target_path}: no tokenizer.json beside the target; prompts cannot be encoded.")
+  return load_tokenizer(tok_path)
+
+
+def eos_for(target, tokenizer) -> int | None:
+  """Where outputs stop: the tokenizer's own EOS when it declares one (a GGUF chat model's end of turn,
+  SmolLM2's `<|im_end|>`), else the target config's."""
+  eos = getattr(tokenizer, "eos_id", None)
+  return target.config.eos_token_id if eos is None else int(eos)
 
 
 def load_sets(config, tokenizer, bos_id) -> list[PromptSet]:
@@ -115,7 +170,8 @@ def _batches(prompts, size):
 def decoders(target, drafter, prompts, config, temperature: float, gamma: int | None, eos_id: int | None):
   """A no-argument callable decoding every prompt (AR when `drafter` is None) → (outputs, stats list)."""
   import dsv4
-  kw = dict(temperature=temperature, top_p=config.top_p, top_k=config.top_k, seed=config.seed, eos_id=eos_id)
+  kw = dict(temperature=temperature, top_p=config.top_p, top_k=config.top_k, seed=config.seed, eos_id=eos_id,
+            prompt_bucket=bucket(config))
   batches = _batches(prompts, config.batch_size)
 
   def run():
@@ -146,22 +202,20 @@ def _cell(x):
 def evaluate(config, *, log: Callable[[str], None] = print, target=None, tokenizer=None) -> dict:
   """The run described in the module docstring; returns the results dict (see eval_report for the files)."""
   check_config(config)
-  from dsv4.io.target import load_target, tokenizer_path
+  check_drafter_paths(config)
+  from dsv4.io.target import is_gguf, load_target
   if target is None:
-    if not Path(config.target).exists():
+    if not is_gguf(config.target) and not Path(config.target).exists():
       raise ConfigError(f"config.target {config.target!r} does not exist; give a target export directory, e.g. "
-                        "assets/targets/small.")
+                        "assets/targets/small, a .gguf file or an installed model name (smollm2-135m-instruct).")
     target = load_target(config.target)
   if tokenizer is None:
-    from dsv4.data.tokenizer import load_tokenizer
-    tok_path = tokenizer_path(config.target)
-    if tok_path is None:
-      raise ConfigError(f"{config.target}: no tokenizer.json beside the target; prompts cannot be encoded.")
-    tokenizer = load_tokenizer(tok_path)
+    tokenizer = load_tokenizer_for(config.target)
   drafters = load_drafters(config, target)
   gammas = {d.name: gammas_for(config, d) for d in drafters}
   sets = load_sets(config, tokenizer, target.config.bos_token_id if config.prepend_bos else None)
-  eos = target.config.eos_token_id if config.stop_at_eos else None
+  eos = eos_for(target, tokenizer) if config.stop_at_eos else None
+  peer_model = None  # the transformers model, loaded once for every set
   cells, timing = [], []
   for ps in sets:
     log(f"prompt set {ps.name}: {len(ps.prompts)} prompts, {min(map(len, ps.prompts))}–"
@@ -184,10 +238,12 @@ def evaluate(config, *, log: Callable[[str], None] = print, target=None, tokeniz
           variants[f"{d.name}@{g}"] = run
       if config.timing.enabled and temp in config.timing.temperatures:
         peers, unsupported = {}, {}
-        if temp == 0 and config.get("peers") and config.peers.enabled:  # the peers decode greedily
-          from dsv4.evaluation.peers import hf_dir, peer_decoders
-          peers, unsupported = peer_decoders(hf_dir(target, config.target), ps.prompts, config.max_new_tokens,
-                                             config.peers.prompt_lookup_num_tokens)
+        if temp == 0 and config.get("peers") and config.peers.enabled and (  # the peers decode greedily
+            not config.peers.get("sets") or ps.name in config.peers.sets):  # transformers is slow: maybe a few sets
+          from dsv4.evaluation.peers import load_peer_model, peer_decoders
+          peer_model = peer_model or load_peer_model(target, config.target)
+          peers, unsupported = peer_decoders(peer_model, ps.prompts, config.max_new_tokens,
+                                             config.peers.prompt_lookup_num_tokens, eos_id=eos)
         timing.append(_time_set(ps, temp, {**variants, **peers}, drafters, gammas, cells, target, config, log,
                                 peers, ar_out))
         timing[-1]["peers_unsupported"] = unsupported
@@ -208,10 +264,10 @@ def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log, 
   tokens = next(c["tokens"] for c in cells if c["set"] == ps.name and c["temperature"] == temp)
   out = {"set": ps.name, "temperature": temp, "load": t.load_line(), "seconds": t.to_dict()["seconds"], "rows": [],
          "peers": {}}
-  full = all(len(o) == config.max_new_tokens for o in ar_out)
-  for p, fn in peers.items():
-    out["peers"][p] = {"tokens_per_s": tokens / t.estimate(p).value, "ar_speedup_over_peer": _ratio(t, p, "ar"),
-                       "matches_ar": fn() == ar_out if full else None}
+  for p, fn in peers.items():  # a peer stops where dsv4 does (EOS, or max_new_tokens), so its output is comparable
+    peer_out = fn()
+    out["peers"][p] = {"tokens_per_s": sum(map(len, peer_out)) / t.estimate(p).value,
+                       "ar_speedup_over_peer": _ratio(t, p, "ar"), "matches_ar": peer_out == ar_out}
   iters = config.timing.component_iters
   for d in drafters:
     for g in gammas[d.name]:
@@ -223,7 +279,7 @@ def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log, 
       except Refused as e:
         sp = e
       timers = round_part_timers(target, d.model, ps.prompts[0], g, config.max_new_tokens, temperature=temp,
-                                 top_k=config.top_k, top_p=config.top_p, iters=iters)
+                                 top_k=config.top_k, top_p=config.top_p, iters=iters, prompt_bucket=bucket(config))
       parts = time_interleaved(timers, config.timing.repeats, warmup=1, on_high_load=config.timing.on_high_load)
       comp = {k: parts.estimate(k).scaled(1.0 / iters) for k in ("ar_step", "draft", "verify")}
       pred = predicted_speedup(cell["tau"], comp["ar_step"], comp["draft"], comp["verify"])

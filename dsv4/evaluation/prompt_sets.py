@@ -12,9 +12,11 @@ A set is described by a ConfigDict (or dict) with
   max_prompt_tokens  prompts longer than this keep their last max_prompt_tokens tokens
 Every set draws the same prompts for every drafter, block size and temperature of a run.
 
-Rendering is a hook: `render(turns) -> token ids`. A tokenizer with a chat template (transformers) renders the
-user turn through it with the generation prompt; the project's BPE (`tokenizers.Tokenizer`, what the small target
-was trained with) encodes the text. Only the first turn is used: later turns of a multi-turn record follow an
+Rendering is a hook: `render(turns) -> token ids`. A tokenizer with a chat template renders the user turn through
+it with the generation prompt: a GGUF model's tokenizer (`dsv4.io.gguf_tokenizer.GGUFTokenizer.chat_ids`, the
+template the file carries, so SmolLM2's default system turn is included) or a transformers tokenizer
+(`apply_chat_template`); the project's BPE (`tokenizers.Tokenizer`, what the small target was trained with) encodes
+the text. Only the first turn is used: later turns of a multi-turn record follow an
 answer of the model's own, which an acceptance measurement does not have.
 
 Corpus prompts are code completions cut at function bodies: the module up to and including a `def ...:` header and
@@ -78,7 +80,9 @@ def renderer(tokenizer, bos_id: int | None = None) -> Callable[[Sequence[str] | 
 
   def render(turns) -> list[int]:
     text = turns if isinstance(turns, str) else turns[0]
-    if template:
+    if template and hasattr(tokenizer, "chat_ids"):  # GGUFTokenizer: the template writes its own special tokens
+      ids = tokenizer.chat_ids([{"role": "user", "content": text}], add_generation_prompt=True)
+    elif template:
       ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                           tokenize=True)
       ids = list(ids["input_ids"] if isinstance(ids, Mapping) else ids)

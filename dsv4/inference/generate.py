@@ -69,23 +69,35 @@ def _generate(graphdef, params, prompt_BP, prompt_len_B, seed, eos_id, *, max_ne
   return tokens_BM, n_new_B
 
 
-def pad_prompts(prompts) -> tuple[np.ndarray, np.ndarray]:
-  """Right-padded int32 ids [B, P] and lengths [B]."""
+def padded_width(lengths, bucket: int = 1, limit: int | None = None) -> int:
+  """The prompt buffer's width: the longest prompt rounded up to a multiple of `bucket`, so prompts of nearby
+  lengths share one compiled decode loop (the padding is masked, as a shorter prompt's in a batch is); never past
+  `limit` (the positions left after the new tokens) unless the longest prompt itself is."""
+  if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
+    raise ValueError(f"prompt_bucket must be an integer ≥ 1, got {bucket!r}.")
+  longest = int(np.max(lengths))
+  width = -(-longest // bucket) * bucket
+  return max(longest, min(width, limit)) if limit is not None else width
+
+
+def pad_prompts(prompts, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded int32 ids [B, P] and lengths [B]; P is the longest prompt, or `width` (≥ it) when given."""
   lengths = np.array([len(p) for p in prompts], np.int32)
-  padded = np.zeros((len(prompts), int(lengths.max())), np.int32)
+  padded = np.zeros((len(prompts), max(int(lengths.max()), width or 0)), np.int32)
   for i, p in enumerate(prompts):
     padded[i, :len(p)] = p
   return padded, lengths
 
 
-def prefill(model, prompts: list[list[int]], max_len: int):
-  """A decode state holding the prompts (checked first) and each prompt's last-position logits [B, V]."""
+def prefill(model, prompts: list[list[int]], max_len: int, width: int | None = None):
+  """A decode state holding the prompts (checked first) and each prompt's last-position logits [B, V]; `width`
+  pads the prompt buffer as `pad_prompts` does."""
   cfg = model.config
   _check_prompts(prompts, 1, cfg.vocab_size, cfg.max_position_embeddings + 1, None)
   too_long = [i for i, p in enumerate(prompts) if len(p) > max_len]
   if too_long:
     raise ValueError(f"prompts {too_long} are longer than max_len={max_len}; raise max_len or shorten them.")
-  padded, lengths = pad_prompts(prompts)
+  padded, lengths = pad_prompts(prompts, width)
   graphdef, params = nnx.split(model)
   return _prefill(graphdef, params, jnp.asarray(padded), jnp.asarray(lengths), max_len=max_len)
 
@@ -98,17 +110,20 @@ def _prefill(graphdef, params, prompt_BP, prompt_len_B, *, max_len):
 
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-             top_k: int = 0, seed: int = 0, eos_id: int | None = None) -> list[list[int]]:
-  """New tokens for each prompt (EOS included when hit). Greedy when temperature is 0."""
+             top_k: int = 0, seed: int = 0, eos_id: int | None = None, prompt_bucket: int = 1) -> list[list[int]]:
+  """New tokens for each prompt (EOS included when hit). Greedy when temperature is 0. `prompt_bucket` > 1 pads
+  the prompt buffer to a multiple of it (`padded_width`): one compilation for many prompt lengths."""
   cfg = model.config
   _check_prompts(prompts, max_new_tokens, cfg.vocab_size, cfg.max_position_embeddings, eos_id)
   if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
     raise ValueError(f"need temperature ≥ 0, 0 < top_p ≤ 1, top_k ≥ 0; got {temperature}, {top_p}, {top_k}.")
-  padded, lengths = pad_prompts(prompts)
+  lengths = [len(p) for p in prompts]
+  padded, lengths = pad_prompts(prompts, padded_width(lengths, prompt_bucket,
+                                                      cfg.max_position_embeddings - max_new_tokens))
   graphdef, params = nnx.split(model)
   tokens, n_new = _generate(graphdef, params, jnp.asarray(padded), jnp.asarray(lengths), jnp.uint32(seed),
                             jnp.int32(-1 if eos_id is None else eos_id), max_new_tokens=max_new_tokens,
-                            max_len=int(lengths.max()) + max_new_tokens, temperature=float(temperature),
+                            max_len=padded.shape[1] + max_new_tokens, temperature=float(temperature),
                             top_k=int(top_k), top_p=float(top_p))
   tokens, n_new = np.asarray(tokens), np.asarray(n_new)
   return [tokens[i, :n_new[i]].tolist() for i in range(len(prompts))]

@@ -25,12 +25,11 @@ from dsv4.sampling import row_keys, sample
 
 
 @functools.partial(jax.jit, static_argnames=("tgraph", "dgraph", "adapter", "max_len"))
-def _start(tgraph, tparams, dgraph, dparams, frozen, prompt_BP, *, adapter, max_len):
+def _start(tgraph, tparams, dgraph, dparams, frozen, prompt_BP, len_B, *, adapter, max_len):
   target, drafter = nnx.merge(tgraph, tparams), nnx.merge(dgraph, dparams)
-  B, P = prompt_BP.shape
-  len_B = jnp.full((B,), P, jnp.int32)
-  pre, tstate = target.extend(target.init_state(B, max_len), prompt_BP, len_B, adapter.tap_layers)
-  first_B = jnp.argmax(pre.logits_BNV[:, -1], axis=-1).astype(jnp.int32)
+  pre, tstate = target.extend(target.init_state(prompt_BP.shape[0], max_len), prompt_BP, len_B, adapter.tap_layers)
+  last_BV = jnp.take_along_axis(pre.logits_BNV, (len_B - 1)[:, None, None], axis=1)[:, 0]
+  first_B = jnp.argmax(last_BV, axis=-1).astype(jnp.int32)
   dstate = adapter.init(drafter, frozen, pre, prompt_BP, len_B, first_B, max_len)
   return tstate, dstate, first_B
 
@@ -77,20 +76,24 @@ def _drafts(dgraph, dparams, frozen, dstate, anchor_B, pos_B, *, adapter, iters,
 
 
 def round_part_timers(target, drafter, prompt: list[int], gamma: int, max_new_tokens: int, *,
-                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, iters: int = 8) -> dict:
+                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, iters: int = 8,
+                      prompt_bucket: int = 1) -> dict:
   """{"ar_step", "draft", "verify"}: no-argument callables each running its part `iters` times (divide a timed
   call by `iters`). `drafter` as `dsv4.speculative_generate` takes it; `prompt` one prompt's token ids. The caches
   have the sizes the decoders give them for `max_new_tokens` (attention reads the whole buffer, masked)."""
-  from dsv4.inference.generate import prefill
-  from dsv4.inference.speculative import _unwrap, max_len_for
+  from dsv4.inference.generate import pad_prompts, padded_width, prefill
+  from dsv4.inference.speculative import _unwrap, max_len_for, prompt_width
   module, cfg, frozen = _unwrap(target, drafter)
   adapter = adapter_for(module, gamma)
   tgraph, tparams = nnx.split(target)
   dgraph, dparams = nnx.split(module)
-  prompt_BP = jnp.asarray([prompt], jnp.int32)
-  tstate, dstate, first_B = _start(tgraph, tparams, dgraph, dparams, frozen, prompt_BP, adapter=adapter,
-                                   max_len=max_len_for([len(prompt)], max_new_tokens, gamma))
-  ar_state, _ = prefill(target, [prompt], len(prompt) + max_new_tokens)  # dsv4.generate's cache size
+  width = prompt_width(target.config, [prompt], max_new_tokens, gamma, prompt_bucket)
+  padded, lengths = pad_prompts([prompt], width)  # the decoders' buffer (speculative_generate's prompt_bucket)
+  tstate, dstate, first_B = _start(tgraph, tparams, dgraph, dparams, frozen, jnp.asarray(padded),
+                                   jnp.asarray(lengths), adapter=adapter,
+                                   max_len=max_len_for([width], max_new_tokens, gamma))
+  ar_width = padded_width([len(prompt)], prompt_bucket, target.config.max_position_embeddings - max_new_tokens)
+  ar_state, _ = prefill(target, [prompt], ar_width + max_new_tokens, ar_width)  # dsv4.generate's cache size
   fed_BN = jnp.broadcast_to(first_B[:, None], (1, gamma + 1)).astype(jnp.int32)
   sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
   return {

@@ -50,7 +50,7 @@ from flax import nnx
 
 from dsv4.inference.acceptance import lossless_accept
 from dsv4.inference.draft_state import adapter_for
-from dsv4.inference.generate import pad_prompts
+from dsv4.inference.generate import pad_prompts, padded_width
 from dsv4.model.decode import rollback
 from dsv4.sampling import row_keys, sample
 
@@ -125,21 +125,28 @@ def _speculate(tgraph, tparams, dgraph, dparams, frozen, prompt_BP, prompt_len_B
 
 
 def run_speculative(target, drafter, frozen, prompts, max_new_tokens: int, *, gamma: int, temperature: float,
-                    top_p: float, top_k: int, seed: int, eos_id, adapter=None, accept=lossless_accept):
+                    top_p: float, top_k: int, seed: int, eos_id, adapter=None, accept=lossless_accept,
+                    prompt_bucket: int = 1):
   """`speculative_generate` without its input checks: (token lists, stats). `adapter` and `accept` default to the
   drafter's own state adapter (dsv4.inference.draft_state) and the lossless rule; tests pass others (an oracle
   drafter, deliberately broken rules)."""
   adapter = adapter_for(drafter, gamma) if adapter is None else adapter
-  padded, lengths = pad_prompts(prompts)
+  padded, lengths = pad_prompts(prompts, prompt_width(target.config, prompts, max_new_tokens, gamma, prompt_bucket))
   tgraph, tparams = nnx.split(target)
   dgraph, dparams = nnx.split(drafter)
   tokens, n_new, logs, _ = _speculate(
       tgraph, tparams, dgraph, dparams, frozen, jnp.asarray(padded), jnp.asarray(lengths), jnp.uint32(seed),
       jnp.int32(-1 if eos_id is None else eos_id), adapter=adapter, accept=accept, gamma=gamma,
-      max_new_tokens=max_new_tokens, max_len=max_len_for(lengths, max_new_tokens, gamma),
+      max_new_tokens=max_new_tokens, max_len=max_len_for([padded.shape[1]], max_new_tokens, gamma),
       temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
   tokens, n_new = np.asarray(tokens), np.asarray(n_new)
   return [tokens[i, :n_new[i]].tolist() for i in range(len(prompts))], round_stats(logs, gamma)
+
+
+def prompt_width(cfg, prompts, max_new_tokens: int, gamma: int, prompt_bucket: int = 1) -> int:
+  """The prompt buffer's width for `prompt_bucket` (dsv4.inference.generate.padded_width), within the positions."""
+  return padded_width([len(p) for p in prompts], prompt_bucket,
+                      cfg.max_position_embeddings - max_new_tokens - gamma - 1)
 
 
 def max_len_for(lengths, max_new_tokens: int, gamma: int) -> int:
@@ -217,13 +224,15 @@ def _check_request(target_cfg, prompts, max_new_tokens, gamma, temperature, top_
 
 
 def speculative_generate(target, drafter, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0,
-                         eos_id=None, block_size=None):
+                         eos_id=None, block_size=None, prompt_bucket=1):
   """Speculative decoding of `prompts` with `drafter` verified by `target`: (new tokens per prompt, stats).
 
   `drafter` is what `dsv4.load_drafter` returns (a LoadedDrafter) or a bare drafter module (DSpark/DFlash,
   Eagle3, MTPDrafter) built for `target`. `block_size` (default: the drafter's trained γ) verifies that many
-  drafts per round, at most the trained γ. Output equals `dsv4.generate(target, prompts, ...)` token for token
-  at temperature 0 and in distribution at temperature > 0 (same temperature / top-k / top-p processing).
+  drafts per round, at most the trained γ. `prompt_bucket` > 1 pads the prompt buffer to a multiple of it, as
+  `dsv4.generate` does: one compilation for many prompt lengths. Output equals `dsv4.generate(target, prompts,
+  ...)` token for token at temperature 0 and in distribution at temperature > 0 (same temperature / top-k / top-p
+  processing).
 
   stats: plain numbers `tau`, `rounds`, `proposed`, `accepted`, `accepted_per_position` (list of γ counts),
   `block_size`; numpy per-round logs `round_accepted`, `round_verified`, `round_proposed`, `round_bonus`,
@@ -236,4 +245,4 @@ def speculative_generate(target, drafter, prompts, max_new_tokens, temperature=0
                      f"block_size {cfg.block_size}; it cannot draft more), got {block_size!r}.")
   _check_request(target.config, prompts, max_new_tokens, gamma, temperature, top_p, top_k, eos_id)
   return run_speculative(target, module, frozen, prompts, max_new_tokens, gamma=gamma, temperature=temperature,
-                         top_p=top_p, top_k=top_k, seed=seed, eos_id=eos_id)
+                         top_p=top_p, top_k=top_k, seed=seed, eos_id=eos_id, prompt_bucket=prompt_bucket)

@@ -146,19 +146,19 @@ def test_bad_input_is_refused_before_compute(drafter_dir, tokenizer, tmp_path, m
   refused(DataError, "need the network", prompt_sets=hub)
   wrong_field = ml_collections.ConfigDict({"x": dict(name="x", kind="jsonl", path=HUMANEVAL, field="prompt")})
   refused(DataError, "no field 'prompt'", prompt_sets=wrong_field)
-  refused(ConfigError, "does not exist", drafters=(("d", str(tmp_path / "no-drafter")),))
+  refused(ConfigError, "do not exist", drafters=(("d", str(tmp_path / "no-drafter")),))
 
 
 def test_transformers_peers_decode_what_dsv4_ar_decodes(tmp_path):
   """The peers read the same weights: transformers' greedy generate gives dsv4.generate's greedy tokens on the tiny
   target; its prompt-lookup decoding (lossless: the same tokens) where transformers runs it, which it refuses for
   DeepseekV4 (a model with recurrent state), and the refusal is recorded."""
-  from dsv4.evaluation.peers import hf_dir, peer_decoders
+  from dsv4.evaluation.peers import load_peer_model, peer_decoders
   target = tiny_target()
   rng = np.random.default_rng(0)
   base = rng.integers(3, target.config.vocab_size, 6).tolist()
   prompts = [base * 3, rng.integers(3, target.config.vocab_size, 11).tolist()]  # repeats give lookup something
-  peers, unsupported = peer_decoders(hf_dir(target, None), prompts, 8, lookup_tokens=3)
+  peers, unsupported = peer_decoders(load_peer_model(target, None), prompts, 8, lookup_tokens=3)
   want = [dsv4.generate(target, [p], 8)[0] for p in prompts]
   assert peers["hf_greedy"]() == want
   if "hf_prompt_lookup" in peers:
