@@ -287,8 +287,9 @@ def test_bad_inputs_fail_before_compute():
   with pytest.raises(ConfigError, match=r"drafter\.kind.*eagle3_config"):
     Eagle3(c.replace(kind="dspark", num_layers=1), TARGET, rngs=nnx.Rngs(0))
   tokens, taps, frozen = data()
+  d = drafter()  # built outside the trace: the cached drafter must not be created from tracers
   with pytest.raises(ValueError, match="feats.taps_BTLD has 1 taps.*target_layer_ids"):  # raised while tracing
-    jax.eval_shape(lambda t, x: drafter().train_logits(features(t, x), blocks_of(t), frozen), tokens, taps[:, :, :1])
+    jax.eval_shape(lambda t, x: d.train_logits(features(t, x), blocks_of(t), frozen), tokens, taps[:, :, :1])
 
 
 def test_loss_trains_fc_and_the_layer_not_the_target():
