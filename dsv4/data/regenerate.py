@@ -240,8 +240,8 @@ def batch_seed(seed: int, batch: int) -> int:
 
 def padded_width(prompts: list[list[int]], pad_multiple: int, max_positions: int, max_new_tokens: int) -> int:
   """P of the module docstring: the longest prompt rounded up to a multiple of pad_multiple, within max positions."""
-  longest = max(len(p) for p in prompts)
-  return max(longest, min(-(-longest // pad_multiple) * pad_multiple, max_positions - max_new_tokens))
+  from dsv4.inference.generate import padded_width as buffer_width
+  return buffer_width([len(p) for p in prompts], pad_multiple, max_positions - max_new_tokens)
 
 
 def sample_responses(model, prompts: list[list[int]], sampler: Sampler, eos_id: int | None,
