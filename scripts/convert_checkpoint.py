@@ -12,6 +12,7 @@ undone; its tokenizer (and, for transformers' format, its chat template) is writ
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -68,6 +69,8 @@ def main(argv=None):
     save_model(model, dst, overwrite=args.overwrite)  # orbax saves collectively across processes
   if not distributed.is_main():
     return
+  if (src / "tokenizer.json").is_file():  # the tokenizer travels with the weights, as a GGUF's does
+    shutil.copyfile(src / "tokenizer.json", dst / "tokenizer.json")
   print(json.dumps({"src": str(src), "dst": str(dst), "direction": "dsv4->hf" if args.to_hf else "hf->dsv4",
                     "num_hidden_layers": model.config.num_hidden_layers, "seconds": round(time.time() - t0, 2)}))
 

@@ -42,9 +42,17 @@ def convert(*args):
 
 
 def test_roundtrip_reproduces_every_tensor(hf_dir, tmp_path):
-  convert("--src", hf_dir, "--dst", tmp_path / "ours")
+  src = tmp_path / "src"  # the shared export plus a tokenizer.json, which must travel with the weights both ways
+  src.mkdir()
+  for f in hf_dir.iterdir():
+    (src / f.name).write_bytes(f.read_bytes())
+  tokenizer = json.dumps({"version": "1.0", "marker": "roundtrip"})
+  (src / "tokenizer.json").write_text(tokenizer)
+  convert("--src", src, "--dst", tmp_path / "ours")
   summary = convert("--src", tmp_path / "ours", "--dst", tmp_path / "back", "--to-hf")
   assert summary["direction"] == "dsv4->hf"
+  assert (tmp_path / "ours" / "tokenizer.json").read_text() == tokenizer
+  assert (tmp_path / "back" / "tokenizer.json").read_text() == tokenizer
   want, got = read_all(hf_dir), read_all(tmp_path / "back")
   assert sorted(got) == sorted(want)
   for name in want:
