@@ -9,7 +9,13 @@
             window), γ = 5, Markov rank 256 (targets loaded from a path); EAGLE-3/MTP keep their own layer
 """
 
+from pathlib import Path
+
 from dsv4.training.distill_config import distill_config, target_section
+
+# Shipped assets resolve against the repository, so a config works from any folder; outputs (runs/, data/) and
+# paths given on the command line stay relative to the current directory.
+ROOT = Path(__file__).resolve().parents[2]
 
 SCALES = ("tiny", "small", "smollm2", "v4_flash", "v4_pro")
 
@@ -34,7 +40,7 @@ _DRAFTER = {
 }
 _TARGET = {
     "tiny": target_section("runs/target-tiny", config="configs/target/tiny.py", train_steps=150),
-    "small": target_section("assets/targets/small"),
+    "small": target_section(str(ROOT / "assets/targets/small")),
     "smollm2": target_section("smollm2-135m-instruct"),
     "v4_flash": target_section("checkpoints/DeepSeek-V4-Flash"),
     "v4_pro": target_section("checkpoints/DeepSeek-V4-Pro"),

@@ -6,7 +6,11 @@ Override any field on the command line, e.g. `--config.drafters='(("dspark","/wo
 `--config.prompt_sets.code.max_prompts=8`.
 """
 
+from pathlib import Path
+
 import ml_collections
+
+ROOT = Path(__file__).resolve().parents[2]  # shipped assets resolve against the repository: any folder works
 
 
 def prompt_set(**kw):
@@ -18,8 +22,8 @@ def prompt_set(**kw):
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
-  c.target = "assets/targets/small"
-  c.drafters = (("dspark", "assets/drafters/small-dspark"),)
+  c.target = str(ROOT / "assets/targets/small")
+  c.drafters = (("dspark", str(ROOT / "assets/drafters/small-dspark")),)
   c.prompt_sets = ml_collections.ConfigDict({"code": prompt_set(name="code")})
   c.max_new_tokens = 64
   c.block_sizes = (None,)        # None: each drafter's trained γ
