@@ -5,8 +5,9 @@ a JSON item, and `state/`, an orbax PyTree with `params`, `rest` and `step`), so
 config parsing apply; only the Adam moments and the data-loader state are left out. Floating-point parameters are
 stored in `dtype` (bfloat16 by default: half the bytes, and the drafter casts to its compute dtype on use).
 
-`provenance.json` beside them records where they came from: the source checkpoint, its step, the held-out
-τ_prob the trainer measured at that step (a T = 1 quantity, for block_size γ), and the commit that exported it.
+`provenance.json` beside them records where they came from: the source checkpoint, its step, the data it was
+trained on, the training time, the held-out τ_prob the trainer measured at that step (a T = 1 quantity, for
+block_size γ), and the commits that trained and exported it.
 The recorded target path becomes repository-relative when it points into a checkout's assets/ folder, so the
 export does not name the machine it was made on.
 """
@@ -30,6 +31,12 @@ from dsv4.io.target import describe
 def _relative_target(path: str) -> str:
   parts = Path(path).parts
   return str(Path(*parts[parts.index("assets"):])) if "assets" in parts else path
+
+
+def _relative_run(src: Path) -> str:
+  """The source checkpoint from its run folder on (runs/NAME/checkpoints/STEP), not the machine's absolute path."""
+  parts = src.parts
+  return str(Path(*parts[-4:])) if len(parts) >= 4 and parts[-2] == "checkpoints" else str(src)
 
 
 def _cast(tree, dtype):
@@ -56,12 +63,15 @@ def export_drafter(workdir: str | Path, out: str | Path, *, dtype=jnp.bfloat16, 
     saved = ckptr.restore(src / "state")
   state = {"params": _cast(saved["params"], dtype), "rest": saved["rest"], "step": saved["step"]}
   step = int(saved["step"])
+  data = meta.get("config", {}).get("data", {})
   record = {
-      "source": str(src), "step": step, "planned_steps": meta.get("config", {}).get("train", {}).get("steps"),
+      "source": _relative_run(src), "step": step, "planned_steps": meta.get("config", {}).get("train", {}).get("steps"),
       "block_size": meta["drafter"]["block_size"], "kind": meta["drafter"]["kind"],
       "tau_prob": meta.get("tau_prob"), "tau_prob_init": meta.get("tau_prob_init"),
       "tau_prob_note": "held-out τ_prob at this step, measured by the trainer: a T = 1 quantity for block_size γ",
-      "loss": meta.get("loss"), "tokens_seen": meta.get("tokens_seen"), "dtype": jnp.dtype(dtype).name,
+      "loss": meta.get("loss"), "tokens_seen": meta.get("tokens_seen"), "train_seconds": meta.get("seconds"),
+      "data": {k: data.get(k) for k in ("source", "tokenizer", "seq_len", "train_split", "val_split") if k in data},
+      "dtype": jnp.dtype(dtype).name,
       "trained_by": {k: meta.get(k) for k in ("command", "commit", "commit_dirty")},
       "exported_by": provenance or {},
   }

@@ -30,9 +30,11 @@ def test_export_keeps_the_parameters_in_bf16(tmp_path, monkeypatch):
   target = tiny_target()
   module = tiny_drafter("dspark")
   src = save_drafter(tmp_path / "trained", module, "tiny-in-test", target.config, step=7,
-                     meta={"tau_prob": 2.5, "commit": "abc"})
+                     meta={"tau_prob": 2.5, "commit": "abc", "seconds": 12.5,
+                           "config": {"data": {"source": "data/x", "seq_len": 64, "seed": 3}}})
   record = export_drafter(src, tmp_path / "export")
   assert record["step"] == 7 and record["tau_prob"] == 2.5 and record["dtype"] == "bfloat16"
+  assert record["data"] == {"source": "data/x", "seq_len": 64} and record["train_seconds"] == 12.5
   assert json.loads((tmp_path / "export" / "provenance.json").read_text())["trained_by"]["commit"] == "abc"
   loaded = dsv4.load_drafter(tmp_path / "export", target=target)
   want = jax.tree.leaves(nnx.state(module, nnx.Param))
