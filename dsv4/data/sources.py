@@ -10,7 +10,9 @@ assistant replies so a later stage can restrict the loss to response tokens.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,6 +89,38 @@ def check_source(source: str, where: str = "") -> None:
                     "either); check the path")
 
 
+def _hub_unreachable(source: str) -> DataError:
+  return DataError(f"{source}: not a local path, and the Hugging Face hub is out of reach from here, so it cannot be "
+                   "loaded as a hub dataset. Load it on a machine with network (`datasets.load_dataset(NAME)` then "
+                   "`.save_to_disk(DIR)`), copy DIR here and give that directory instead.")
+
+
+def _check_hub_reachable(source: str) -> None:
+  """Fails at once where the hub's host does not resolve (no network), instead of `datasets`' retries (~30 s) and a
+  ConnectionError traceback. Skipped behind a proxy, where the proxy resolves the name."""
+  if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0"):
+    raise _hub_unreachable(source)
+  if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    return
+  host = re.sub(r"^\w+://", "", os.environ.get("HF_ENDPOINT", "https://huggingface.co")).split("/")[0].split(":")[0]
+  try:
+    socket.getaddrinfo(host, 443)
+  except OSError:
+    raise _hub_unreachable(source) from None
+
+
+def _load_hub(source: str, split: str, streaming: bool, cache_dir: str | None):
+  import datasets
+  _check_hub_reachable(source)
+  try:
+    return datasets.load_dataset(source, split=split, streaming=streaming, cache_dir=cache_dir)
+  except ConnectionError:
+    raise _hub_unreachable(source) from None
+  except FileNotFoundError as e:  # datasets' DatasetNotFoundError: no such dataset, or a private one
+    raise DataError(f"{source}: not a local path, nor a dataset on the Hugging Face hub ({str(e).splitlines()[0]}); "
+                    "check the name or the path") from None
+
+
 def load_documents(source: str, split: str = "train", *, text_field: str = "text", streaming: bool | None = None,
                    cache_dir: str | None = None) -> datasets.Dataset | datasets.IterableDataset:
   """Dataset of documents from a local path or a hub dataset name.
@@ -100,8 +134,7 @@ def load_documents(source: str, split: str = "train", *, text_field: str = "text
   check_source(source)
   path = Path(source).expanduser()
   if not path.exists():
-    ds = datasets.load_dataset(source, split=split, streaming=True if streaming is None else streaming,
-                               cache_dir=cache_dir)
+    ds = _load_hub(source, split, True if streaming is None else streaming, cache_dir)
     _check_columns(ds, text_field, source)
     return ds
 

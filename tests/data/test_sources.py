@@ -8,10 +8,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import socket  # noqa: E402
+
 import datasets  # noqa: E402
 import pytest  # noqa: E402
 
-from dsv4.data import DataError, documents_text, load_documents, render_chat  # noqa: E402
+from dsv4.data import DataError, documents_text, load_documents, render_chat, sources  # noqa: E402
 
 ROWS = [{"text": f"document {i}: " + "word " * (i % 7), "n": i} for i in range(50)]
 TEXTS = [r["text"] for r in ROWS]
@@ -59,10 +61,45 @@ def test_hub_names_stream_through_load_dataset(monkeypatch):
   calls = []
   fake = datasets.Dataset.from_list(ROWS[:2]).to_iterable_dataset()
   monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: calls.append((a, kw)) or fake)
+  monkeypatch.setattr(sources, "_check_hub_reachable", lambda source: None)  # this machine has no network
   assert load_documents("someone/some-corpus") is fake
   assert calls[0][0] == ("someone/some-corpus",) and calls[0][1]["streaming"] is True
   load_documents("corpus", split="validation", streaming=False)
   assert calls[1][0] == ("corpus",) and calls[1][1]["split"] == "validation" and calls[1][1]["streaming"] is False
+
+
+def test_hub_name_without_network_fails_at_once_with_advice(monkeypatch):
+  """A hub name where the hub is out of reach: one DataError naming the source and the way out, before `datasets`
+  spends ~30 s retrying. Offline mode says the same; a real `load_dataset` is what runs when the host resolves."""
+  import time
+  monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: (_ for _ in ()).throw(socket.gaierror(-2, "unknown")))
+  monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: pytest.fail("must not reach load_dataset"))
+  for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+    monkeypatch.delenv(v, raising=False)
+  t0 = time.perf_counter()
+  with pytest.raises(DataError, match=r"someone/some-corpus: not a local path.*save_to_disk") as e:
+    load_documents("someone/some-corpus")
+  assert time.perf_counter() - t0 < 2 and len(str(e.value).splitlines()) == 1
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: pytest.fail("offline mode needs no lookup"))
+  with pytest.raises(DataError, match="out of reach"):
+    load_documents("someone/some-corpus")
+
+
+def test_hub_errors_become_one_line(monkeypatch):
+  monkeypatch.setattr(sources, "_check_hub_reachable", lambda source: None)
+
+  def unreachable(*a, **kw):
+    raise ConnectionError("Couldn't reach 'someone/some-corpus' on the Hub (LocalEntryNotFoundError)")
+  monkeypatch.setattr(datasets, "load_dataset", unreachable)
+  with pytest.raises(DataError, match="out of reach"):
+    load_documents("someone/some-corpus")
+
+  def missing(*a, **kw):
+    raise datasets.exceptions.DatasetNotFoundError("Dataset 'someone/nope' doesn't exist on the Hub")
+  monkeypatch.setattr(datasets, "load_dataset", missing)
+  with pytest.raises(DataError, match="nor a dataset on the Hugging Face hub .*doesn't exist"):
+    load_documents("someone/nope")
 
 
 @pytest.mark.parametrize("missing", ["./nope", "/no/such/dir", "~/no-such-file", "nope.jsonl", "a/b/c"])
