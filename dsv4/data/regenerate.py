@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dsv4.data.append_log import AppendLog, write_atomic
 from dsv4.data.corpus import SPLITS, ensure_corpus, load_corpus, read_manifest, split_of
 from dsv4.data.errors import DataError
 from dsv4.data.sources import load_documents, render_chat, text_column
@@ -329,55 +330,14 @@ def partial_path(out: str | os.PathLike, split: str) -> Path:
   return Path(out) / f".{split}{_PARTIAL_SUFFIX}"
 
 
-def read_partial(path: Path, key: str, log=print) -> list[list[list[int]]]:
-  """The finished batches an interrupted run with the same `key` left in `path` (a torn last line is dropped)."""
-  if not path.is_file():
-    return []
-  lines = path.read_text().splitlines()
-  try:
-    head = json.loads(lines[0]) if lines else {}
-  except json.JSONDecodeError:
-    head = {}
-  if head.get("key") != key:
-    log(f"{path} holds the partial results of another run (other target, prompts or sampler); starting over")
-    return []
-  batches = []
-  for line in lines[1:]:
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:
-      break  # the line a killed run was writing
-    if record.get("batch") != len(batches):
-      break
-    batches.append(record["responses"])
-  return batches
-
-
-class PartialWriter:
-  """Appends each finished batch to the partial-results file, durably (the header first on a fresh start)."""
-
-  def __init__(self, path: Path, key: str, done: list):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not done:
-      path.write_text(json.dumps({"key": key}) + "\n")
-    else:  # rewrite the kept batches: drops a torn last line before appending
-      path.write_text("".join(json.dumps(x) + "\n" for x in [{"key": key}, *(
-          {"batch": b, "responses": r} for b, r in enumerate(done))]))
-    self.path = path
-
-  def __call__(self, batch: int, responses: list[list[int]]) -> None:
-    with self.path.open("a") as f:
-      f.write(json.dumps({"batch": batch, "responses": responses}) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
+def _in_order(i: int, record: dict) -> bool:
+  return record.get("batch") == i
 
 
 def _write_split_list(out: Path) -> None:
   """dataset_dict.json naming every complete split directory, replaced atomically."""
   splits = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".") and _is_split(p))
-  tmp = out / ".dataset_dict.json.tmp"
-  tmp.write_text(json.dumps({"splits": splits}))
-  os.replace(tmp, out / "dataset_dict.json")
+  write_atomic(out / "dataset_dict.json", json.dumps({"splits": splits}))
 
 
 def save_split(ds, out: str | os.PathLike, split: str, manifest: dict, overwrite: bool = False) -> Path:
@@ -455,7 +415,8 @@ def regenerate(target: str | os.PathLike, out: str | os.PathLike, *, split: str 
   key = hashlib.sha256(json.dumps({"target": info, "sampler": dataclasses.asdict(sampler), "prompts": chosen.ids,
                                    "pad_multiple": pad_multiple}, sort_keys=True).encode()).hexdigest()
   partial = partial_path(dest.parent, split)
-  done = read_partial(partial, key, log=log)
+  batches = AppendLog(partial, key, log, accept=_in_order)
+  done = [r["responses"] for r in batches.records]
   if done:
     log(f"resuming: {sum(map(len, done))} of {len(chosen.ids)} responses kept in {partial} by an interrupted run")
   if model is None:
@@ -463,9 +424,10 @@ def regenerate(target: str | os.PathLike, out: str | os.PathLike, *, split: str 
   t_load = time.time()
   try:
     responses = sample_responses(model, chosen.ids, sampler, eos_id, progress=progress, pad_multiple=pad_multiple,
-                                 done=done, on_batch=PartialWriter(partial, key, done))
+                                 done=done, on_batch=lambda b, responses: batches.append(
+                                     {"batch": b, "responses": responses}))
   except KeyboardInterrupt:
-    kept = sum(map(len, read_partial(partial, key, log=log)))
+    kept = sum(len(r["responses"]) for r in batches.records)
     log(f"interrupted: the responses of {kept} of {len(chosen.ids)} prompts are kept in {partial}; re-run the same "
         "command to resume")
     raise

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from dsv4.data.append_log import AppendLog, write_atomic
 from dsv4.data.errors import DataError
 from dsv4.data.overlap import EvalIndex
 from dsv4.data.self_prompt import DOMAINS, batch_seed, domain_counts, normalise, query_problem, user_prefix
@@ -48,31 +49,6 @@ class QuerySampler:
       raise DataError(f"self-prompt: temperature must be > 0 (greedy would write one query), got {self.temperature}")
     if not 0 < self.top_p <= 1:
       raise DataError(f"self-prompt: top_p must be in (0, 1], got {self.top_p!r}")
-
-
-def _read_partial(path: Path, key: str, log) -> list[dict]:
-  if not path.is_file():
-    return []
-  lines = path.read_text().splitlines()
-  try:
-    if json.loads(lines[0]).get("key") != key:
-      log(f"{path} holds batches of another run (other model, sampler or domains); starting over")
-      return []
-  except (json.JSONDecodeError, IndexError):
-    return []
-  batches = []
-  for line in lines[1:]:
-    try:
-      batches.append(json.loads(line))
-    except json.JSONDecodeError:
-      break  # the line a killed run was writing
-  return batches
-
-
-def _write_atomic(path: Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 def check_inputs(out: str | os.PathLike, sampler: QuerySampler, eval_sets=()) -> None:
@@ -124,8 +100,8 @@ def self_prompt(model, tokenizer, out: str | os.PathLike, sampler: QuerySampler 
                                   sort_keys=True).encode()).hexdigest()
   out.mkdir(parents=True, exist_ok=True)
   partial = out / PARTIAL
-  replay = _read_partial(partial, key, log)
-  _write_atomic(partial, "".join(json.dumps(x) + "\n" for x in [{"key": key}, *replay]))
+  batches = AppendLog(partial, key, log)
+  replay = {(r["domain"], r["batch"]): r for r in batches.records}
   if replay:
     log(f"resuming: {len(replay)} sampled batches kept in {partial}")
   t0 = time.time()
@@ -138,17 +114,14 @@ def self_prompt(model, tokenizer, out: str | os.PathLike, sampler: QuerySampler 
       if b >= MAX_BATCHES_PER_NEEDED * max(1, -(-want // sampler.batch_size)):
         log(f"domain {domain.name}: only {kept} of {want} queries kept after {b} batches; moving on")
         break
-      record = next((r for r in replay if r["domain"] == di and r["batch"] == b), None)
+      record = replay.get((di, b))
       if record is None:
         new = generate(model, [prefixes[di]] * sampler.batch_size, sampler.max_query_tokens,
                        temperature=sampler.temperature, top_p=sampler.top_p, seed=batch_seed(sampler.seed, di, b),
                        eos_id=eos)
         record = {"domain": di, "batch": b, "queries": [[tokenizer.decode(ids[:-1] if ids and ids[-1] == eos else ids),
                                                          bool(ids) and ids[-1] == eos, len(ids)] for ids in new]}
-        with partial.open("a") as f:
-          f.write(json.dumps(record) + "\n")
-          f.flush()
-          os.fsync(f.fileno())
+        batches.append(record)
         log(f"domain {domain.name} batch {b}: {kept} of {want} kept so far, {time.time() - t0:.0f} s")
       sampled_tokens += sum(n_tokens for _, _, n_tokens in record["queries"])
       texts = filter_batch(record["queries"], want - kept, seen, index, drops)
@@ -156,7 +129,7 @@ def self_prompt(model, tokenizer, out: str | os.PathLike, sampler: QuerySampler 
       kept += len(texts)
       b += 1
     per_domain[domain.name] = {"kept": kept, "asked": want, "batches": b}
-  _write_atomic(out / PROMPTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+  write_atomic(out / PROMPTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
   provenance = {
     "kind": "dsv4.self_prompt", "method": "Magpie (Xu et al. 2024): the model writes the user turn after its "
     "chat template's user header", "model": model_name, "eos_id": eos,
@@ -167,7 +140,7 @@ def self_prompt(model, tokenizer, out: str | os.PathLike, sampler: QuerySampler 
     "seconds_this_call": round(time.time() - t0, 1),
     "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
   }
-  _write_atomic(out / PROVENANCE, json.dumps(provenance, indent=2) + "\n")
+  write_atomic(out / PROVENANCE, json.dumps(provenance, indent=2) + "\n")
   partial.unlink(missing_ok=True)
   return provenance
 

@@ -98,7 +98,7 @@ def _hub_unreachable(source: str) -> DataError:
 def _check_hub_reachable(source: str) -> None:
   """Fails at once where the hub's host does not resolve (no network), instead of `datasets`' retries (~30 s) and a
   ConnectionError traceback. Skipped behind a proxy, where the proxy resolves the name."""
-  if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0"):
+  if any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
     raise _hub_unreachable(source)
   if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
     return
