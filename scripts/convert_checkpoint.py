@@ -25,6 +25,7 @@ from dsv4.io.gguf import from_pretrained as gguf_from_pretrained  # noqa: E402
 from dsv4.io.gguf_convert import gguf_to_hf_dir  # noqa: E402
 from dsv4.io.gguf_models import MODELS, resolve  # noqa: E402
 from dsv4.io.hf import from_pretrained, save_pretrained  # noqa: E402
+from dsv4.io.target import is_gguf  # noqa: E402
 from dsv4.parallel import distributed  # noqa: E402
 
 
@@ -36,13 +37,13 @@ def main(argv=None):
   p.add_argument("--overwrite", action="store_true")
   args = distributed.parse_args(p, argv)
   src, dst = Path(args.src), Path(args.dst)
-  is_gguf = src.suffix == ".gguf" or (not src.exists() and args.src.lower() in MODELS)
-  if not src.exists() and not is_gguf:
+  gguf = is_gguf(args.src)
+  if not src.exists() and not gguf:
     p.error(f"--src {src}: does not exist (nor is it a known model name: {', '.join(sorted(MODELS))})")
   if dst.exists() and not args.overwrite:
     p.error(f"--dst {dst}: exists; pass --overwrite to replace it")
   t0 = time.time()
-  if is_gguf:
+  if gguf:
     try:
       if args.to_hf:
         gguf_to_hf_dir(src, dst, overwrite=args.overwrite)

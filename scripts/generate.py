@@ -53,19 +53,20 @@ class JsonTokenizer:
     return self.tokenizer.decode(ids)
 
 
-def _is_gguf_model(model):
-  return model is not None and not Path(model).is_dir() and (str(model).endswith(".gguf") or not Path(model).exists())
-
-
 def missing_model(args):
   """What is wrong with --model / --checkpoint when nothing loadable is there (checked before any tokenizer), else
-  None. Names that are not directories go to the GGUF resolver, which names the known models."""
+  None. GGUF files and known model names go to the GGUF resolver (dsv4.io.target.is_gguf), which checks them."""
   from dsv4.io.checkpoint import CONFIG_FILE
+  from dsv4.io.gguf_models import MODELS
+  from dsv4.io.target import is_gguf
   if args.checkpoint:
     path = Path(args.checkpoint)
     if not (path / CONFIG_FILE).is_file():
       what = "no such directory" if not path.is_dir() else f"no {CONFIG_FILE} there"
       return f"no model checkpoint at {args.checkpoint} ({what}); pass a directory written by dsv4's save_model"
+  if args.model and not is_gguf(args.model) and not Path(args.model).exists():
+    return (f"no model at {args.model} (no such file or directory, nor a known model name: "
+            f"{', '.join(sorted(MODELS))})")
   if args.model and Path(args.model).is_dir() and not (Path(args.model) / "config.json").is_file():
     return (f"no model at {args.model} (a directory without config.json); pass a transformers-format directory, a "
             ".gguf file or a known model name")
@@ -78,7 +79,8 @@ def find_tokenizer(args):
   for d in (args.model, args.checkpoint):
     if d and (Path(d) / "tokenizer.json").exists():
       return JsonTokenizer(Path(d) / "tokenizer.json")
-  if _is_gguf_model(args.model):
+  from dsv4.io.target import is_gguf
+  if args.model and is_gguf(args.model):
     from dsv4.io.gguf import load_tokenizer
     return load_tokenizer(args.model)
   return None
