@@ -24,7 +24,7 @@ from dsv4.drafters.build import abstract_drafter
 from dsv4.drafters.config import DrafterConfig
 from dsv4.drafters.context import FrozenTarget
 from dsv4.errors import CheckpointError, ConfigError, TargetError, brief
-from dsv4.io.target import describe, is_gguf, load_target
+from dsv4.io.target import describe, is_gguf, load_target, resolve_recorded
 from dsv4.model.config import ModelConfig
 from dsv4.model.transformer import Transformer
 
@@ -78,16 +78,6 @@ def check_target(cfg: DrafterConfig, recorded: dict, target_cfg: ModelConfig) ->
     raise TargetError(f"the given target does not fit the drafter: {e}") from e
 
 
-def _recorded_target(path: str) -> str:
-  """A drafter's recorded target path. Exported drafters record targets inside the repository relatively
-  (`assets/targets/small`): those resolve against the current directory first, then the repository."""
-  p = Path(path)
-  if p.is_absolute() or p.exists():
-    return str(p)
-  in_repo = Path(__file__).resolve().parents[2] / p
-  return str(in_repo) if in_repo.exists() else str(p)
-
-
 def load_drafter(path: str | Path, target: Transformer | None = None) -> LoadedDrafter:
   step_dir = checkpoint_dir(path)
   for part in ("meta", "state"):
@@ -105,7 +95,7 @@ def load_drafter(path: str | Path, target: Transformer | None = None) -> LoadedD
                            "target checkpoints are loaded with dsv4.from_pretrained or the export script.")
   cfg = DrafterConfig.from_mapping(meta["drafter"], where=f"{step_dir}/meta drafter")
   if target is None:
-    where = _recorded_target(meta["target"]["path"])
+    where = resolve_recorded(meta["target"]["path"])
     if not Path(where).exists() and not is_gguf(where):  # a wheel model resolves (or says what to install)
       raise TargetError(f"the drafter's target was at {where}, which no longer exists; pass target=... (a "
                              "Transformer with the same vocabulary and width).")

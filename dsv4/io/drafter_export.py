@@ -25,12 +25,7 @@ import orbax.checkpoint as ocp
 
 from dsv4.errors import CheckpointError
 from dsv4.io.drafter_checkpoint import checkpoint_dir
-from dsv4.io.target import describe
-
-
-def _relative_target(path: str) -> str:
-  parts = Path(path).parts
-  return str(Path(*parts[parts.index("assets"):])) if "assets" in parts else path
+from dsv4.io.target import describe, shipped_path
 
 
 def _relative_run(src: Path) -> str:
@@ -75,7 +70,7 @@ def export_drafter(workdir: str | Path, out: str | Path, *, dtype=jnp.bfloat16, 
       "trained_by": {k: meta.get(k) for k in ("command", "commit", "commit_dirty")},
       "exported_by": provenance or {},
   }
-  meta = {**meta, "target": {**meta["target"], "path": _relative_target(meta["target"]["path"])}, "export": record}
+  meta = {**meta, "target": {**meta["target"], "path": shipped_path(meta["target"]["path"])}, "export": record}
   _write(out, meta, state)
   (out / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
   return record

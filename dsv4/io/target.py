@@ -148,6 +148,23 @@ def recorded_path(path: str | os.PathLike) -> str:
   return str(path).lower() if str(path).lower() in MODELS and not Path(path).exists() else str(Path(path).absolute())
 
 
+def shipped_path(path: str) -> str:
+  """A recorded target path as a shipped asset records it: from the repository's assets/ folder on when it points
+  into one (`assets/targets/small`), so the record does not name the machine it was made on."""
+  parts = Path(path).parts
+  return str(Path(*parts[parts.index("assets"):])) if "assets" in parts else path
+
+
+def resolve_recorded(path: str) -> str:
+  """Where a recorded target path is now: absolute paths and paths that exist here as they are, else a shipped
+  (repository-relative) path against the repository."""
+  p = Path(path)
+  if p.is_absolute() or p.exists():
+    return str(p)
+  in_repo = Path(__file__).resolve().parents[2] / p
+  return str(in_repo) if in_repo.exists() else str(p)
+
+
 def config_hash(cfg: ModelConfig) -> str:
   return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
@@ -158,4 +175,4 @@ def describe(path: str | Path, cfg: ModelConfig) -> dict:
 
 
 __all__ = ["FORMATS", "config_hash", "describe", "is_gguf", "latest_checkpoint", "load_target", "read_target_config",
-           "recorded_path", "restore_model", "target_format", "tokenizer_path"]
+           "recorded_path", "resolve_recorded", "restore_model", "shipped_path", "target_format", "tokenizer_path"]
