@@ -20,6 +20,7 @@ from dsv4.drafters.features import TargetFeatures, gather_slots, make_blocks
 from dsv4.drafters.losses import dspark_losses, loss_weights
 from dsv4.drafters.mtp import MTPCache, MTPDrafter, jit_mtp_extend, jit_mtp_propose
 from dsv4.model import ConfigError, ModelConfig, Transformer
+from tests.inference.spec_fixtures import built, sharp_target
 
 TARGET = ModelConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, head_dim=16,
                      q_lora_rank=16, qk_rope_head_dim=8, o_groups=2, o_lora_rank=8, sliding_window=8,
@@ -31,21 +32,6 @@ T, G, D = 32, 3, TARGET.hidden_size
 DOC_SPANS = (((0, 20), (20, 32)), ((0, 28),))
 # [B, A]: anchors inside and past the window (8), at a document's last and first token (20; row 1's 0).
 ANCHORS = np.array([[5, 12, 19, 20, 26], [0, 1, 9, 17, 26]])
-
-
-def built(make):
-  """`make()` with its parameters initialised in one jitted call (eager init compiles every op separately)."""
-  graphdef, _ = nnx.split(nnx.eval_shape(make))
-  return nnx.merge(graphdef, jax.jit(lambda: nnx.state(make()))())
-
-
-def make_target():
-  """O(1) logits (embedding std 1, head std 2/√D), so argmaxes and changes are clear-cut."""
-  target = Transformer(TARGET, rngs=nnx.Rngs(0))
-  k1, k2 = jax.random.split(jax.random.key(7))
-  target.embed[...] = jax.random.normal(k1, target.embed.shape)
-  target.lm_head[...] = 2 * jax.random.normal(k2, target.lm_head.shape) / np.sqrt(D)
-  return target
 
 
 def packed_rows():
@@ -63,7 +49,7 @@ def doc_start(b: int, row: int) -> int:
 
 @pytest.fixture(scope="module")
 def target():
-  return built(make_target)
+  return built(lambda: sharp_target(TARGET))
 
 
 @pytest.fixture(scope="module")

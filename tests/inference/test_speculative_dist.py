@@ -20,9 +20,9 @@ from dsv4.drafters import DrafterConfig, DSpark, Eagle3, FrozenTarget, MTPDrafte
 from dsv4.inference import acceptance
 from dsv4.inference.acceptance import processed_probs
 from dsv4.inference.speculative import run_speculative
-from dsv4.model import ModelConfig, Transformer
+from dsv4.model import ModelConfig
 from dsv4.model.transformer import jit_forward
-from tests.inference.spec_fixtures import built
+from tests.inference.spec_fixtures import built, sharp_target
 
 V, D, NEW = 8, 32, 4
 TARGET = ModelConfig(vocab_size=V, hidden_size=D, num_hidden_layers=2, num_attention_heads=2, head_dim=16,
@@ -37,15 +37,6 @@ PROMPT = [3, 1, 4, 1, 5]
 ROWS, SEEDS = 2000, 10
 
 
-def make_target():
-  """O(1) logits (embedding std 1, head std 2/√D): spread next-token distributions over the 8 tokens."""
-  target = Transformer(TARGET, rngs=nnx.Rngs(0))
-  k1, k2 = jax.random.split(jax.random.key(7))
-  target.embed[...] = jax.random.normal(k1, target.embed.shape)
-  target.lm_head[...] = 2 * jax.random.normal(k2, target.lm_head.shape) / np.sqrt(D)
-  return target
-
-
 def make_drafter():
   drafter = DSpark(DRAFTER, TARGET, rngs=nnx.Rngs(1))
   k1, k2 = jax.random.split(jax.random.key(100))   # O(1) sequential-head biases: q far from p
@@ -56,7 +47,7 @@ def make_drafter():
 
 @pytest.fixture(scope="module")
 def target():
-  return built(make_target)
+  return built(lambda: sharp_target(TARGET))
 
 
 def drafter_of(kind, target):
