@@ -17,6 +17,7 @@ A model with no `output.weight` ties its head to `token_embd.weight`.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import struct
@@ -273,11 +274,25 @@ class GGUFFile:
     return tokenizer_from_reader(self.reader, self.path) if "tokenizer.ggml.tokens" in self.reader.fields else None
 
 
+@functools.lru_cache(maxsize=4)
+def _opened(path: str, mtime_ns: int, size: int) -> GGUFFile:
+  return GGUFFile(path)
+
+
+def open_gguf(path_or_name: str | os.PathLike) -> GGUFFile:
+  """The GGUFFile of a .gguf file or a known model name, parsed once per process (parsing the header and checking
+  the file take ~3 s for SmolLM2, and a run asks for the config, the tokenizer and the weights separately); a
+  file changed on disk is parsed again."""
+  from dsv4.io.gguf_models import resolve
+  path = Path(resolve(path_or_name)).resolve()
+  stat = path.stat()
+  return _opened(str(path), stat.st_mtime_ns, stat.st_size)
+
+
 def load_tokenizer(path_or_name) -> GGUFTokenizer:
   """The tokenizer of a GGUF file or a known model name (dsv4.io.gguf_models); no tensors are read."""
-  from dsv4.io.gguf_models import resolve
-  path = resolve(path_or_name)
-  return tokenizer_from_reader(open_reader(path), str(path))
+  f = open_gguf(path_or_name)
+  return tokenizer_from_reader(f.reader, f.path)
 
 
 def load_gguf(path: str | os.PathLike):
@@ -297,9 +312,8 @@ def from_pretrained(path_or_name: str | os.PathLike, dtype: str = "float32", sha
   one tensor at a time and, with `shardings(path, abstract_variable)`, placed on their devices as they are read."""
   from dsv4.io.dense_hf import check_tensors as check_model_tensors
   from dsv4.io.dense_hf import dense_from_get
-  from dsv4.io.gguf_models import resolve
   from dsv4.model.dense_config import dense_config_from_hf
-  f = GGUFFile(resolve(path_or_name))
+  f = open_gguf(path_or_name)
   cfg = dense_config_from_hf(f.config, f.path, **{"dtype": dtype, "param_dtype": dtype, **overrides})
   check_model_tensors(cfg, {n: f.shape(n) for n in f.keys()}, f.path)
   return dense_from_get(cfg, f.get, shardings)

@@ -100,10 +100,9 @@ def read_target_config(path: str | os.PathLike) -> tuple[ModelConfig, str]:
   """(ModelConfig, format) of a target directory, without loading its weights."""
   fmt = target_format(path)
   if fmt == "gguf":  # opening the file checks all of it (architecture, types, length) and reads no tensor
-    from dsv4.io.gguf import GGUFFile
-    from dsv4.io.gguf_models import resolve
+    from dsv4.io.gguf import open_gguf
     from dsv4.model.dense_config import dense_config_from_hf
-    f = GGUFFile(resolve(path))
+    f = open_gguf(path)
     return dense_config_from_hf(f.config, f.path), fmt
   path = Path(path)
   fmt = fmt if path.is_dir() else None
