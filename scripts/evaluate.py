@@ -7,6 +7,7 @@ and loop efficiency, on prompt sets, several drafters side by side, over block s
 
 Writes OUT_DIR/results.json, results.csv, tensorboard/, *.png, prints a table, and ends with one JSON line:
 {"drafters": {name: {"tau", "speedup", "loop_efficiency", "tau_T1_trained_block", "tau_prob", ...}}}.
+Ctrl-C stops the run and writes what was finished (every acceptance cell and timed set), marked "interrupted".
 See dsv4.evaluation.harness for what is measured and how.
 """
 
@@ -35,6 +36,9 @@ def main(argv):
     sys.exit(f"error: {e}")
   eval_report.write_all(results, config.out_dir)
   print(eval_report.final_line(results), flush=True)
+  if results.get("interrupted"):  # the finished part is written; say so and exit as an interrupted command does
+    print(f"{results['interrupted']} (in {config.out_dir})", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

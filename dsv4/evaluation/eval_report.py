@@ -173,7 +173,8 @@ def plot_speedup(timing, path) -> Path:
 
 
 def final_line(results) -> str:
-  return json.dumps({"drafters": results["summary"]})
+  extra = {"interrupted": results["interrupted"]} if results.get("interrupted") else {}
+  return json.dumps({"drafters": results["summary"], **extra})
 
 
 def write_all(results, out_dir, log=print) -> dict:

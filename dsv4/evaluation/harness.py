@@ -215,8 +215,25 @@ def evaluate(config, *, log: Callable[[str], None] = print, target=None, tokeniz
   gammas = {d.name: gammas_for(config, d) for d in drafters}
   sets = load_sets(config, tokenizer, target.config.bos_token_id if config.prepend_bos else None)
   eos = eos_for(target, tokenizer) if config.stop_at_eos else None
-  peer_model = None  # the transformers model, loaded once for every set
   cells, timing = [], []
+  interrupted = None
+  try:
+    _run_sets(sets, drafters, gammas, target, config, eos, log, cells, timing)
+  except KeyboardInterrupt:  # keep what is measured: every finished cell and timed set is written
+    interrupted = (f"interrupted (Ctrl-C): {len(cells)} acceptance cells and {len(timing)} timed sets were finished "
+                   "and are kept; re-run the same command for the whole table")
+    log(interrupted)
+  results = {"target": str(config.target), "cells": cells, "timing": timing,
+             "drafters": {d.name: {"path": d.path, "trained_block_size": d.block_size, "tau_prob": d.tau_prob}
+                          for d in drafters},
+             "sets": {ps.name: {"prompts": len(ps.prompts), "sources": ps.sources} for ps in sets},
+             "summary": summary(config, drafters, gammas, cells, timing)}
+  return results | ({"interrupted": interrupted} if interrupted else {})
+
+
+def _run_sets(sets, drafters, gammas, target, config, eos, log, cells: list, timing: list) -> None:
+  """Fills `cells` (acceptance per set × drafter × γ × T) and `timing` (per timed set) as each is finished."""
+  peer_model = None  # the transformers model, loaded once for every set
   for ps in sets:
     log(f"prompt set {ps.name}: {len(ps.prompts)} prompts, {min(map(len, ps.prompts))}–"
         f"{max(map(len, ps.prompts))} tokens")
@@ -244,14 +261,9 @@ def evaluate(config, *, log: Callable[[str], None] = print, target=None, tokeniz
           peer_model = peer_model or load_peer_model(target, config.target)
           peers, unsupported = peer_decoders(peer_model, ps.prompts, config.max_new_tokens,
                                              config.peers.prompt_lookup_num_tokens, eos_id=eos)
-        timing.append(_time_set(ps, temp, {**variants, **peers}, drafters, gammas, cells, target, config, log,
-                                peers, ar_out))
-        timing[-1]["peers_unsupported"] = unsupported
-  return {"target": str(config.target), "cells": cells, "timing": timing,
-          "drafters": {d.name: {"path": d.path, "trained_block_size": d.block_size, "tau_prob": d.tau_prob}
-                       for d in drafters},
-          "sets": {ps.name: {"prompts": len(ps.prompts), "sources": ps.sources} for ps in sets},
-          "summary": summary(config, drafters, gammas, cells, timing)}
+        timed = _time_set(ps, temp, {**variants, **peers}, drafters, gammas, cells, target, config, log, peers,
+                          ar_out)
+        timing.append(timed | {"peers_unsupported": unsupported})
 
 
 def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log, peers, ar_out) -> dict:
@@ -315,6 +327,8 @@ def summary(config, drafters, gammas, cells, timing) -> dict:
     t0 = config.temperatures[0]
     taus = {c["set"]: c["tau"] for c in cells if c["drafter"] == d.name and c["block_size"] == g
             and c["temperature"] == t0}
+    if not taus:  # an interrupted run that had not reached this drafter
+      continue
     rows = [r for tm in timing for r in tm["rows"] if r["drafter"] == d.name and r["block_size"] == g
             and tm["temperature"] == (config.timing.temperatures[0] if config.timing.temperatures else None)]
     sp = [_median(r["speedup"]) for r in rows]
@@ -323,7 +337,7 @@ def summary(config, drafters, gammas, cells, timing) -> dict:
           and c["temperature"] == 1.0}
     out[d.name] = {
         "block_size": g, "temperature": t0, "tau": macro_average(taus),
-        "speedup": float(np.mean(sp)) if sp and None not in sp else None,
+        "sets": len(taus), "speedup": float(np.mean(sp)) if sp and None not in sp else None,
         "loop_efficiency": float(np.mean(ef)) if ef and None not in ef else None,
         "tau_T1_trained_block": macro_average(t1) if t1 else None, "tau_prob": d.tau_prob,
         "trained_block_size": d.block_size}

@@ -165,3 +165,28 @@ def test_transformers_peers_decode_what_dsv4_ar_decodes(tmp_path):
     assert peers["hf_prompt_lookup"]() == want
   else:
     assert "stateful" in unsupported["hf_prompt_lookup"]
+
+
+@pytest.mark.slow
+@needs_datasets
+def test_ctrl_c_keeps_the_finished_cells(drafter_dir, tokenizer, tmp_path, monkeypatch):
+  """Ctrl-C in the second cell (T = 1) ends the run with the first cell (T = 0) measured, summarised, written and
+  marked interrupted, instead of a traceback that loses it."""
+  from dsv4.evaluation import harness
+  calls, real = [], harness.acceptance
+
+  def interrupt_second(stats):
+    calls.append(1)
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return real(stats)
+  monkeypatch.setattr(harness, "acceptance", interrupt_second)
+  config = config_for(drafter_dir, tmp_path, max_new_tokens=8)
+  config.timing.enabled = False
+  results = evaluate(config, target=tiny_target(), tokenizer=tokenizer, log=lambda s: None)
+  assert [c["temperature"] for c in results["cells"]] == [0.0] and results["cells"][0]["matches_ar"] is True
+  assert "interrupted" in results["interrupted"] and "1 acceptance cells" in results["interrupted"]
+  assert results["summary"]["dspark"]["tau"] == results["cells"][0]["tau"]
+  paths = eval_report.write_all(results, tmp_path, log=lambda s: None)
+  assert json.loads(paths["json"].read_text())["interrupted"] == results["interrupted"]
+  assert json.loads(eval_report.final_line(results))["interrupted"] == results["interrupted"]
