@@ -1,5 +1,6 @@
-"""What an evaluation run writes: a console table, results.json, results.csv, TensorBoard scalars, PNG plots and
-the final JSON line (per drafter: tau, speedup, loop_efficiency, and τ at T = 1 beside the trainer's τ_prob).
+"""What an evaluation run writes: a console table, results.json, results.csv, results.md (command, commit, table,
+plots), TensorBoard scalars, PNG plots and the final JSON line (per drafter: tau, speedup, loop_efficiency, and τ
+at T = 1 beside the trainer's τ_prob).
 
 TensorBoard tags: `{set}/{drafter}/T{T}/tau` at step γ (a γ sweep is a curve), `{set}/{drafter}/g{γ}/T{T}/
 conditional` and `.../survival` at step k, `{set}/{drafter}/g{γ}/T{T}/speedup` and `/loop_efficiency` at step 0.
@@ -177,13 +178,32 @@ def final_line(results) -> str:
   return json.dumps({"drafters": results["summary"], **extra})
 
 
+def markdown(results, paths: dict) -> str:
+  """results.md: the command and commit that made it, the table, the plots and the final JSON line, so that the
+  folder copied under experiments/ is the record."""
+  made = results.get("provenance") or {}
+  lines = [f"# Evaluation on {results['target']}", ""]
+  if made.get("command"):
+    dirty = " (with uncommitted changes)" if made.get("commit_dirty") else ""
+    lines += [f"Command: `{made['command']}`", "", f"Commit: {made.get('commit')}{dirty}", ""]
+  loads = [f"{tm['set']} (T = {tm['temperature']:g}): {tm['load']}" for tm in results["timing"] if tm.get("load")]
+  if loads:
+    lines += ["Load while timing: " + "; ".join(loads), ""]
+  if results.get("interrupted"):
+    lines += [f"**{results['interrupted']}.**", ""]
+  lines += table_lines(results) + [""]
+  lines += [f"![{k}]({p.name})" for k, p in paths.items() if k.endswith("_png")] + [""]
+  lines += ["```json", final_line(results), "```", ""]
+  return "\n".join(lines)
+
+
 def write_all(results, out_dir, log=print) -> dict:
   """Every output file under out_dir; returns their paths."""
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   paths = {"json": out / "results.json", "csv": out / "results.csv", "tensorboard": out / "tensorboard",
            "conditional_png": out / "conditional_acceptance.png", "tau_png": out / "tau_per_set.png",
-           "speedup_png": out / "speedup.png"}
+           "speedup_png": out / "speedup.png", "md": out / "results.md"}
   paths["json"].write_text(json.dumps(results, indent=2, default=float) + "\n")
   with paths["csv"].open("w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
@@ -193,6 +213,7 @@ def write_all(results, out_dir, log=print) -> dict:
   plot_conditional(results["cells"], paths["conditional_png"])
   plot_tau(results["cells"], paths["tau_png"])
   plot_speedup(results["timing"], paths["speedup_png"])
+  paths["md"].write_text(markdown(results, paths))
   for line in table_lines(results):
     log(line)
   log(f"wrote {', '.join(str(p) for p in paths.values())}")

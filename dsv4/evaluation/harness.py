@@ -223,7 +223,8 @@ def evaluate(config, *, log: Callable[[str], None] = print, target=None, tokeniz
     interrupted = (f"interrupted (Ctrl-C): {len(cells)} acceptance cells and {len(timing)} timed sets were finished "
                    "and are kept; re-run the same command for the whole table")
     log(interrupted)
-  results = {"target": str(config.target), "cells": cells, "timing": timing,
+  from dsv4.training.provenance import provenance
+  results = {"target": str(config.target), "provenance": provenance(), "cells": cells, "timing": timing,
              "drafters": {d.name: {"path": d.path, "trained_block_size": d.block_size, "tau_prob": d.tau_prob}
                           for d in drafters},
              "sets": {ps.name: {"prompts": len(ps.prompts), "sources": ps.sources} for ps in sets},

@@ -67,8 +67,11 @@ def run(drafter_dir, tokenizer, tmp_path_factory):
 @needs_datasets
 def test_writes_every_output(run):
   config, results, paths, final = run
-  for key in ("json", "csv", "conditional_png", "tau_png", "speedup_png"):
+  for key in ("json", "csv", "conditional_png", "tau_png", "speedup_png", "md"):
     assert paths[key].stat().st_size > 0, key
+  md = paths["md"].read_text()
+  assert "Command: `python" in md and "| set | drafter |" in md and "![speedup_png](speedup.png)" in md
+  assert final in md and "Load while timing: humaneval (T = 0)" in md
   with open(paths["conditional_png"], "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert any(p.name.startswith("events.out.tfevents") for p in paths["tensorboard"].iterdir())
@@ -189,4 +192,5 @@ def test_ctrl_c_keeps_the_finished_cells(drafter_dir, tokenizer, tmp_path, monke
   assert results["summary"]["dspark"]["tau"] == results["cells"][0]["tau"]
   paths = eval_report.write_all(results, tmp_path, log=lambda s: None)
   assert json.loads(paths["json"].read_text())["interrupted"] == results["interrupted"]
+  assert results["interrupted"] in paths["md"].read_text()
   assert json.loads(eval_report.final_line(results))["interrupted"] == results["interrupted"]
