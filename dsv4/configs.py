@@ -14,7 +14,8 @@ import sys
 
 import ml_collections
 
-from dsv4.model.config import ConfigError, ModelConfig
+from dsv4.errors import ConfigError
+from dsv4.model.config import ModelConfig
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:

@@ -6,7 +6,8 @@ import ml_collections
 import pytest
 
 from dsv4.configs import load_config, model_config, split_spec
-from dsv4.model.config import ConfigError, ModelConfig
+from dsv4.errors import ConfigError
+from dsv4.model.config import ModelConfig
 
 TARGETS = ("tiny", "small", "base", "v4_flash", "v4_pro")
 FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}

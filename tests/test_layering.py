@@ -29,11 +29,7 @@ FORBIDDEN = [
 ]
 
 # Old import paths kept for branches that still use them: (importer, imported). Remove each with its shim.
-SHIMS: set[tuple[str, str]] = {
-  ("dsv4.parallel.sharded", "dsv4.model"), ("dsv4.parallel.sharded", "dsv4.model.sharded"),  # init_sharded
-  ("dsv4.parallel", "dsv4.model"), ("dsv4.parallel", "dsv4.model.sharded"),
-  ("dsv4.drafters.loading", "dsv4.io"), ("dsv4.drafters.loading", "dsv4.io.drafter_checkpoint"),
-}
+SHIMS: set[tuple[str, str]] = set()
 
 
 def module_names(root: Path) -> dict[str, Path]:

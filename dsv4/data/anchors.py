@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dsv4.data.errors import DataError
+from dsv4.errors import DataError
 
 
 def candidates(segment_ids_T: np.ndarray, target_mask_T: np.ndarray) -> np.ndarray:

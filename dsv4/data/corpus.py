@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dsv4.data.errors import DataError
 from dsv4.data.tokenizer import TOKENIZER_FILE, check_train_vocab_size, load_tokenizer, train_bpe
 from dsv4.data.tokenizer import vocab_size as tokenizer_vocab_size
+from dsv4.errors import DataError
 
 DEFAULT_CORPUS_DIR = "data/stdlib_corpus"
 SPLITS = ("train", "validation", "test")

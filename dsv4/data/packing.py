@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsv4.data.errors import DataError
+from dsv4.errors import DataError
 
 MIN_FREE = 2  # a chunk of one token predicts nothing, so a row with fewer free slots is closed
 

@@ -53,11 +53,11 @@ import numpy as np
 
 from dsv4.data.append_log import AppendLog, write_atomic
 from dsv4.data.corpus import SPLITS, ensure_corpus, load_corpus, read_manifest, split_of
-from dsv4.data.errors import DataError
 from dsv4.data.sources import load_documents, render_chat, text_column
 from dsv4.data.stream import IDS, MASK
 from dsv4.data.target_text import GGUFText, JsonTokenizerText, as_target_text
 from dsv4.data.tokenizer import TOKENIZER_FILE, check_vocab, load_tokenizer
+from dsv4.errors import DataError
 from dsv4.io.target import load_target, read_target_config, recorded_path  # the one target loader
 
 MANIFEST = "manifest.json"

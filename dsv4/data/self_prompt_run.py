@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dsv4.data.append_log import AppendLog, write_atomic
-from dsv4.data.errors import DataError
 from dsv4.data.overlap import EvalIndex
 from dsv4.data.self_prompt import DOMAINS, batch_seed, domain_counts, normalise, query_problem, user_prefix
+from dsv4.errors import DataError
 
 PROMPTS = "prompts.jsonl"
 PROVENANCE = "provenance.json"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dsv4.data.errors import DataError
+from dsv4.errors import DataError
 
 if TYPE_CHECKING:
   import datasets

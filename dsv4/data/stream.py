@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dsv4.data.errors import DataError
 from dsv4.data.packing import PackedRow, RowBuilder, as_doc, as_mask, check_packing_args, count_rows, padding_row
 from dsv4.data.sources import CHAT_FIELD, row_text, text_column
+from dsv4.errors import DataError
 
 if TYPE_CHECKING:
   import datasets

@@ -17,7 +17,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from dsv4.model.config import DTYPES, ConfigError, ModelConfig
+from dsv4.errors import ConfigError
+from dsv4.model.config import DTYPES, ModelConfig
 
 KINDS = ("dspark", "eagle3", "mtp")  # eagle3: dsv4.drafters.eagle3; mtp: the target's own MTP module
 LAYER_TYPES = ("dense", "v4")        # v4: mHC + sliding-window attention + MoE (dsv4.drafters.v4_layer)

@@ -55,7 +55,8 @@ from dsv4.drafters.config import DrafterConfig
 from dsv4.drafters.context import ContextKV, FrozenTarget
 from dsv4.drafters.dspark import Proposal
 from dsv4.drafters.features import Blocks, TargetFeatures
-from dsv4.model.config import ConfigError, ModelConfig
+from dsv4.errors import ConfigError
+from dsv4.model.config import ModelConfig
 from dsv4.model.layers import DTYPES, KeySeq, Linear, RMSNorm, SwiGLU
 from dsv4.model.rope import apply_rope, inv_frequencies
 from dsv4.sampling import draw

@@ -42,8 +42,9 @@ from dsv4.drafters.config import DrafterConfig
 from dsv4.drafters.context import FrozenTarget
 from dsv4.drafters.dspark import Proposal
 from dsv4.drafters.features import Blocks, TargetFeatures
+from dsv4.errors import ConfigError
 from dsv4.model.attention import attend
-from dsv4.model.config import ConfigError, ModelConfig
+from dsv4.model.config import ModelConfig
 from dsv4.model.layers import DTYPES, KeySeq
 from dsv4.model.mtp import MTPModule
 from dsv4.sampling import draw

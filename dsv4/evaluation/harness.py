@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from dsv4.benchmarking import Refused, time_interleaved
+from dsv4.errors import ConfigError
 from dsv4.evaluation.prompt_sets import PromptSet, load_prompt_set, renderer, set_spec
 from dsv4.inference.metrics import AcceptanceStats, loop_efficiency, macro_average, predicted_speedup
-from dsv4.model.config import ConfigError
 
 
 @dataclass

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsv4.data.errors import DataError
+from dsv4.errors import DataError
 
 KINDS = ("jsonl", "hf", "corpus")
 

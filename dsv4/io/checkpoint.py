@@ -15,8 +15,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from dsv4.errors import CheckpointError
 from dsv4.io.family import build_model, config_from_mapping, config_to_mapping
-from dsv4.io.safetensors_dir import CheckpointError
 from dsv4.model.config import ModelConfig
 from dsv4.model.dense import DenseTransformer
 from dsv4.model.dense_config import DenseConfig

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dsv4.io.safetensors_dir import CheckpointError, write_shards, written_whole
+from dsv4.errors import CheckpointError
+from dsv4.io.safetensors_dir import write_shards, written_whole
 from dsv4.model.dense import DenseTransformer
 from dsv4.model.dense_config import DenseConfig, dense_config_from_hf, dense_config_to_hf
 

@@ -28,8 +28,6 @@ from dsv4.io.target import describe, is_gguf, load_target, resolve_recorded
 from dsv4.model.config import ModelConfig
 from dsv4.model.transformer import Transformer
 
-DrafterLoadError = TargetError  # the old name (a target that does not fit); a missing checkpoint is a CheckpointError
-
 
 def drafter_meta(config, drafter: DrafterConfig, target_path: str | Path, target_cfg: ModelConfig,
                  provenance: dict | None = None) -> dict:

@@ -19,7 +19,7 @@ from typing import Any
 
 from flax import nnx
 
-from dsv4.model.config import ConfigError
+from dsv4.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dsv4.errors import CheckpointError
 from dsv4.io import names as names_lib
 from dsv4.io.hf_config import from_hf_dict, to_hf_dict
 from dsv4.io.native_checkpoint import NativeCheckpoint
-from dsv4.io.safetensors_dir import CheckpointError, write_shards, written_whole
+from dsv4.io.safetensors_dir import write_shards, written_whole
 from dsv4.model.config import ModelConfig
 from dsv4.model.transformer import Transformer
 

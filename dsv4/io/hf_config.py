@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dsv4.model.config import ConfigError, ModelConfig, YarnConfig
+from dsv4.errors import ConfigError
+from dsv4.model.config import ModelConfig, YarnConfig
 
 _KIND_TO_RATIO = {"sliding_attention": 0, "compressed_sparse_attention": 4, "heavily_compressed_attention": 128}
 _RATIO_TO_KIND = {v: k for k, v in _KIND_TO_RATIO.items()}

@@ -30,8 +30,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from dsv4.errors import CheckpointError
 from dsv4.io import quant
-from dsv4.io.safetensors_dir import CheckpointError
 
 # safetensors dtype code -> numpy dtype of the stored elements (F4: one uint8 per packed pair).
 _STORAGE = {

@@ -16,8 +16,6 @@ import ml_dtypes  # noqa: F401  (registers bfloat16/float8 with numpy so safeten
 import numpy as np
 from safetensors.numpy import save_file
 
-from dsv4.errors import CheckpointError  # noqa: F401  (importable here as before)
-
 
 def write_shards(tensors: dict[str, np.ndarray], out_dir: Path, max_shard_bytes: int = 4 << 30) -> list[str]:
   """Writes tensors as safetensors shards (+ index when more than one), in the given order."""

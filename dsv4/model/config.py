@@ -10,16 +10,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from dsv4 import errors
+from dsv4.errors import ConfigError
 
 ATTENTION_KINDS = {0: "sliding", 4: "csa", 128: "hca"}
 SCORING_FUNCS = ("sqrtsoftplus", "sigmoid", "softmax")
 # "ragged": dropless, best kernel for the backend; "expert_parallel": experts split over the mesh's expert axis
 MOE_IMPLS = ("ragged", "ragged_dot", "tiled", "gather", "dense", "expert_parallel")
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-ConfigError = errors.ConfigError  # defined in dsv4.errors; importable here as before
 
 
 @dataclasses.dataclass(frozen=True)

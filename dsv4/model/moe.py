@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dsv4.kernels.tiled_moe import clamped_swiglu, n_tiles, tile_layout, tile_size, tiled_swiglu  # noqa: F401  (n_tiles: old path)
+from dsv4.kernels.tiled_moe import clamped_swiglu, tile_layout, tile_size, tiled_swiglu
 from dsv4.model.config import ModelConfig
 from dsv4.model.layers import FrozenState, SwiGLU, param
 from dsv4.parallel import expert_parallel

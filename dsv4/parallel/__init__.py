@@ -13,9 +13,3 @@ from dsv4.parallel.sharded import bind_rules, born_sharded, shard_model
 __all__ = ["DEFAULT_RULES", "MESH_AXES", "abstract_mesh", "bind_rules", "born_sharded", "jit_forward_sharded",
            "logical_to_spec", "make_mesh", "rules_with", "shard_model", "shardings_fn", "state_shardings"]
 
-
-def __getattr__(name: str):
-  if name == "init_sharded":  # the old path of dsv4.model.sharded.init_sharded
-    from dsv4.model.sharded import init_sharded
-    return init_sharded
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -49,9 +49,6 @@ from dsv4 import errors
 from dsv4.kernels.tiled_moe import clamped_swiglu, tile_layout, tile_size, tiled_swiglu
 from dsv4.parallel.rules import DEFAULT_RULES, logical_to_spec
 
-# The mesh cannot hold the experts (count not divisible, several expert axes): a config error naming the axis.
-ExpertParallelError = errors.ConfigError
-
 
 def _spec_axes(entry) -> tuple[str, ...]:
   return (entry,) if isinstance(entry, str) else tuple(entry or ())
@@ -81,11 +78,11 @@ def plan(n_experts: int, rules: Sequence[tuple] | None = None) -> Plan | None:
   if not axes:
     return None
   if len(axes) > 1:
-    raise ExpertParallelError(f"expert parallelism: the 'exp' rule splits experts over several mesh axes {axes}; "
+    raise errors.ConfigError(f"expert parallelism: the 'exp' rule splits experts over several mesh axes {axes}; "
                               "it supports one. Override the 'exp' rule to a single axis.")
   axis, n = axes[0], sizes[axes[0]]
   if n_experts % n:
-    raise ExpertParallelError(f"expert parallelism: {n_experts} experts do not divide over mesh axis {axis!r} of "
+    raise errors.ConfigError(f"expert parallelism: {n_experts} experts do not divide over mesh axis {axis!r} of "
                               f"size {n}; make n_routed_experts a multiple of {n} or shrink the {axis!r} axis.")
   batch = [a for a in _spec_axes(logical_to_spec(("batch",), rules)[0]) if a in sizes]
   return Plan(mesh, axis, n, tuple(batch) + tuple(a for a in mesh.axis_names if a not in batch))
@@ -173,7 +170,7 @@ def expert_parallel_moe(x_TD, w_TK, idx_TK, w_gate, w_up, w_down, *, limit: floa
   E = w_gate.shape[0]
   ep_plan = ep_plan or plan(E, rules)
   if ep_plan is None:
-    raise ExpertParallelError("expert parallelism needs an ambient mesh (jax.set_mesh) whose expert axis is > 1.")
+    raise errors.ConfigError("expert parallelism needs an ambient mesh (jax.set_mesh) whose expert axis is > 1.")
   kernel = kernel or ("tiled" if jax.default_backend() == "cpu" else "ragged_dot")
   T, K = idx_TK.shape
   pad = -T % ep_plan.n_devices

@@ -27,9 +27,6 @@ MESH_AXES = ("data", "fsdp", "expert", "tensor")
 DCN_KEYS = tuple(f"dcn_{a}" for a in MESH_AXES)
 
 
-MeshError = ConfigError  # mesh sizes are wrong; the message names the axis
-
-
 def parse_sizes(text: str) -> dict[str, int]:
   """`expert=64,fsdp=4` → {'expert': 64, 'fsdp': 4}; `dcn_data=2` for multi-slice degrees."""
   sizes = {}
@@ -39,9 +36,9 @@ def parse_sizes(text: str) -> dict[str, int]:
     try:
       sizes[name] = int(value)
     except ValueError:
-      raise MeshError(f"mesh {text!r}: {item!r} is not axis=integer (e.g. expert=64,fsdp=-1).") from None
+      raise ConfigError(f"mesh {text!r}: {item!r} is not axis=integer (e.g. expert=64,fsdp=-1).") from None
     if not sep:
-      raise MeshError(f"mesh {text!r}: {item!r} is not axis=integer (e.g. expert=64,fsdp=-1).")
+      raise ConfigError(f"mesh {text!r}: {item!r} is not axis=integer (e.g. expert=64,fsdp=-1).")
   check_names(sizes, f"mesh {text!r}")
   return sizes
 
@@ -49,7 +46,7 @@ def parse_sizes(text: str) -> dict[str, int]:
 def check_names(sizes: Mapping[str, int], where: str = "mesh") -> None:
   unknown = sorted(set(sizes) - set(MESH_AXES) - set(DCN_KEYS))
   if unknown:
-    raise MeshError(f"{where}: unknown axis name(s) {unknown}; axes are {MESH_AXES} (and {DCN_KEYS} for the "
+    raise ConfigError(f"{where}: unknown axis name(s) {unknown}; axes are {MESH_AXES} (and {DCN_KEYS} for the "
                     "multi-slice degrees).")
 
 
@@ -62,24 +59,24 @@ def resolve(sizes: Mapping[str, int], n_devices: int, where: str = "mesh", prefi
   values = {a: sizes.get(prefix + a, 1) for a in MESH_AXES}
   for a, v in values.items():
     if not isinstance(v, int | np.integer) or isinstance(v, bool) or v == 0 or v < -1:
-      raise MeshError(f"{where}.{prefix}{a}={v!r}: must be a positive integer or -1 (fill the remaining devices).")
+      raise ConfigError(f"{where}.{prefix}{a}={v!r}: must be a positive integer or -1 (fill the remaining devices).")
   fill = [a for a, v in values.items() if v == -1]
   if len(fill) > 1:
-    raise MeshError(f"{where}: more than one axis is -1 ({', '.join(prefix + a for a in fill)}); only one axis "
+    raise ConfigError(f"{where}: more than one axis is -1 ({', '.join(prefix + a for a in fill)}); only one axis "
                     "can fill the remaining devices, give the others explicit sizes.")
   for a, v in values.items():
     if v != -1 and n_devices % v:
-      raise MeshError(f"{where}.{prefix}{a}={v} does not divide the {n_devices} {unit}; pick a divisor of "
+      raise ConfigError(f"{where}.{prefix}{a}={v} does not divide the {n_devices} {unit}; pick a divisor of "
                       f"{n_devices}.")
   used = math.prod(v for v in values.values() if v != -1)
   listing = " × ".join(f"{prefix}{a}={v}" for a, v in values.items() if v != -1)
   if fill:
     if n_devices % used:
-      raise MeshError(f"{where}.{prefix}{fill[0]}=-1: the other axes ({listing} = {used}) do not divide the "
+      raise ConfigError(f"{where}.{prefix}{fill[0]}=-1: the other axes ({listing} = {used}) do not divide the "
                       f"{n_devices} {unit}, so there is no whole size to fill.")
     values[fill[0]] = n_devices // used
   elif used != n_devices:
-    raise MeshError(f"{where}: {listing} = {used} {unit}, but there are {n_devices}; make the product "
+    raise ConfigError(f"{where}: {listing} = {used} {unit}, but there are {n_devices}; make the product "
                     f"{n_devices} or set one axis to -1.")
   return tuple(values[a] for a in MESH_AXES)
 
@@ -99,7 +96,7 @@ def device_array(sizes: Mapping[str, int], devices: Sequence | None = None) -> n
     n_slices, process_is_granule = _granules(devices)
     dcn = resolve(sizes, n_slices, "mesh", prefix="dcn_", unit="slices")
     if len(devices) % n_slices:
-      raise MeshError(f"mesh: {len(devices)} devices do not split evenly over {n_slices} slices.")
+      raise ConfigError(f"mesh: {len(devices)} devices do not split evenly over {n_slices} slices.")
     ici = resolve(sizes, len(devices) // n_slices, "mesh")
     return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=process_is_granule)
   return mesh_utils.create_device_mesh(resolve(sizes, len(devices)), devices, allow_split_physical_axes=True)
@@ -118,12 +115,12 @@ def abstract_mesh(sizes: Mapping[str, int], n_devices: int | None = None) -> Abs
   check_names(sizes)
   for k in DCN_KEYS:
     if sizes.get(k, 1) < 1:
-      raise MeshError(f"mesh.{k}={sizes[k]}: an abstract mesh needs explicit multi-slice degrees.")
+      raise ConfigError(f"mesh.{k}={sizes[k]}: an abstract mesh needs explicit multi-slice degrees.")
   total = {a: sizes.get(a, 1) * (sizes.get(f"dcn_{a}", 1) if sizes.get(a, 1) != -1 else 1) for a in MESH_AXES}
   if n_devices is None:
     fill = [a for a, v in total.items() if v == -1]
     if fill:
-      raise MeshError(f"mesh.{fill[0]}=-1: an abstract mesh needs the device count to fill it (n_devices).")
+      raise ConfigError(f"mesh.{fill[0]}=-1: an abstract mesh needs the device count to fill it (n_devices).")
     shape = tuple(total.values())
   else:
     shape = resolve(total, n_devices)

@@ -49,9 +49,6 @@ DEFAULT_RULES = (
 )
 
 
-RulesError = ConfigError  # a rule is malformed or missing; the message names the logical axis
-
-
 def _axes(value, where: str) -> tuple[str, ...]:
   """A rule's value as a tuple of mesh axes: None → (), 'fsdp' → ('fsdp',)."""
   if value is None:
@@ -59,7 +56,7 @@ def _axes(value, where: str) -> tuple[str, ...]:
   names = (value,) if isinstance(value, str) else tuple(value)
   bad = [a for a in names if a not in MESH_AXES]
   if bad:
-    raise RulesError(f"{where}: mesh axis {bad[0]!r} is not one of {MESH_AXES}.")
+    raise ConfigError(f"{where}: mesh axis {bad[0]!r} is not one of {MESH_AXES}.")
   return names
 
 
@@ -68,7 +65,7 @@ def rules_with(overrides: Iterable[Sequence] = (), base: Sequence[tuple] = DEFAU
   table = {name: _axes(value, f"rule {name!r}") for name, value in base}
   for pair in overrides or ():
     if len(pair) != 2 or not isinstance(pair[0], str):
-      raise RulesError(f"rules: {pair!r} is not a (logical name, mesh axis | tuple | None) pair.")
+      raise ConfigError(f"rules: {pair!r} is not a (logical name, mesh axis | tuple | None) pair.")
     table[pair[0]] = _axes(pair[1], f"rule {pair[0]!r}")
   return tuple((name, axes[0] if len(axes) == 1 else (axes or None)) for name, axes in table.items())
 
@@ -84,7 +81,7 @@ def parse_rules(text: str) -> tuple[tuple, ...]:
   for item in (t.strip() for t in text.split(",") if t.strip()):
     name, sep, value = item.partition("=")
     if not sep or not name.strip():
-      raise RulesError(f"rules {text!r}: {item!r} is not logical=axis[+axis...] or logical=none.")
+      raise ConfigError(f"rules {text!r}: {item!r} is not logical=axis[+axis...] or logical=none.")
     axes = tuple(a.strip() for a in value.split("+") if a.strip() and a.strip().lower() != "none")
     pairs.append((name.strip(), axes or None))
   return rules_with(pairs, base=())
@@ -99,7 +96,7 @@ def logical_to_spec(axes: Sequence[str | None], rules: Sequence[tuple]) -> P:
       spec.append(None)
       continue
     if name not in table:
-      raise RulesError(f"logical axis {name!r} has no rule; add ({name!r}, <mesh axis, tuple or None>) to the "
+      raise ConfigError(f"logical axis {name!r} has no rule; add ({name!r}, <mesh axis, tuple or None>) to the "
                        f"rules (known: {sorted(table)}).")
     kept = tuple(a for a in _axes(table[name], f"rule {name!r}") if a not in used)
     used.update(kept)

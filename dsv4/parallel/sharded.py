@@ -68,9 +68,3 @@ def shard_model(model: nnx.Module, mesh, rules, fallback: str | None = None) -> 
     state = jax.device_put(state, shardings)
   return bind_rules(nnx.merge(graphdef, state), rules)
 
-
-def __getattr__(name: str):
-  if name == "init_sharded":  # the old path of dsv4.model.sharded.init_sharded
-    from dsv4.model.sharded import init_sharded
-    return init_sharded
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-from dsv4.errors import CheckpointError, CheckpointSaveError, brief  # noqa: F401  (importable here as before)
+from dsv4.errors import CheckpointError, CheckpointSaveError, brief
 
 log = logging.getLogger(__name__)
 

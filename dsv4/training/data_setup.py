@@ -9,11 +9,10 @@ import math
 import jax
 
 from dsv4.data.corpus import ensure_corpus, load_corpus
-from dsv4.data.errors import DataError
 from dsv4.data.sources import check_source, load_documents
 from dsv4.data.stream import PackedStream, tokenize_dataset
 from dsv4.data.tokenizer import check_vocab, load_tokenizer
-from dsv4.errors import ConfigError
+from dsv4.errors import ConfigError, DataError
 from dsv4.model.config import ModelConfig
 
 

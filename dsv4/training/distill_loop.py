@@ -28,10 +28,9 @@ from flax import nnx
 
 from dsv4.data.anchors import batch_anchors
 from dsv4.drafters.build import build_drafter
-from dsv4.errors import DataError
+from dsv4.errors import ConfigError, DataError
 from dsv4.io.drafter_checkpoint import drafter_meta
 from dsv4.io.target import tokenizer_path
-from dsv4.model.config import ConfigError
 from dsv4.model.moe import EXPERT_IMPLS
 from dsv4.parallel.config import mesh_from_config, rules_from_config
 from dsv4.parallel.sharded import bind_rules

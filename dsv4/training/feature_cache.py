@@ -38,17 +38,14 @@ def bytes_per_token(hidden: int, n_taps: int, feature_names: tuple[str, ...], dt
   return {"online": rows, "offline": rows + floats * width}
 
 
-FeatureCacheError = errors.DataError  # a feature cache is data; the old name stays importable
-
-
 def build(directory: str | Path, batches: Iterator[dict], n_batches: int, features_fn: Callable[[dict], dict],
           dtype: str = "bfloat16", meta: dict | None = None, log=print) -> dict:
   """Writes `n_batches` batches and `features_fn(batch)` ({"hidden", "taps"?, "streams"?} arrays) to DIRECTORY."""
   directory = Path(directory).absolute()
   if (directory / MANIFEST).exists():
-    raise FeatureCacheError(f"{directory}: a finished cache is already there; delete it to rebuild.")
+    raise errors.DataError(f"{directory}: a finished cache is already there; delete it to rebuild.")
   if dtype not in _STORED:
-    raise FeatureCacheError(f"feature cache dtype {dtype!r}: must be one of {sorted(_STORED)}.")
+    raise errors.DataError(f"feature cache dtype {dtype!r}: must be one of {sorted(_STORED)}.")
   tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
@@ -62,7 +59,7 @@ def build(directory: str | Path, batches: Iterator[dict], n_batches: int, featur
       if i == 0:
         for k, v in arrays.items():
           if k not in ROW_FIELDS and k not in FEATURE_FIELDS:
-            raise FeatureCacheError(f"features_fn returned an unknown field {k!r}.")
+            raise errors.DataError(f"features_fn returned an unknown field {k!r}.")
           stored = np.int32 if k in ROW_FIELDS else _STORED[dtype]
           shapes[k] = (n_batches * v.shape[0],) + v.shape[1:]
           files[k] = np.lib.format.open_memmap(tmp / f"{k}.npy", mode="w+", dtype=stored, shape=shapes[k])
@@ -99,7 +96,7 @@ class FeatureCache:
     self.directory = Path(directory)
     path = self.directory / MANIFEST
     if not path.is_file():
-      raise FeatureCacheError(f"{self.directory}: no finished feature cache ({MANIFEST} missing).")
+      raise errors.DataError(f"{self.directory}: no finished feature cache ({MANIFEST} missing).")
     self.manifest = json.loads(path.read_text())
     self.arrays = {k: np.load(self.directory / f"{k}.npy", mmap_mode="r") for k in self.manifest["shapes"]}
     self.n_batches, self.batch_size = self.manifest["batches"], self.manifest["batch_size"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from dsv4.model.config import ConfigError
+from dsv4.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "muon")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dsv4.configs import load_config, model_config
 from dsv4.errors import ConfigError
-from dsv4.io.target import config_hash, describe, load_target, read_target_config, target_format, tokenizer_path  # noqa: F401
+from dsv4.io.target import load_target, read_target_config, target_format
 from dsv4.model.config import ModelConfig
 from dsv4.model.transformer import Transformer
 

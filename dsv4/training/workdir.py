@@ -23,7 +23,7 @@ from pathlib import Path
 
 import jax
 
-from dsv4.model.config import ConfigError
+from dsv4.errors import ConfigError
 
 MARKER = ".shared-workdir-check"
 SHARED_TIMEOUT_S = 60.0  # NFS clients may cache a folder's listing for up to a minute (acdirmax)

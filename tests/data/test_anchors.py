@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dsv4.data.anchors import batch_anchors, candidates, row_anchors
-from dsv4.data.errors import DataError
+from dsv4.errors import DataError
 
 
 def naive_candidates(seg, mask):

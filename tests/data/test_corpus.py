@@ -13,7 +13,7 @@ import pytest
 
 from dsv4.data import corpus
 from dsv4.data.corpus import SPLITS, build_corpus, ensure_corpus, load_corpus, module_name, unigram_entropy
-from dsv4.data.errors import DataError
+from dsv4.errors import DataError
 
 N = 40
 VOCAB = 1000  # small vocab: the tokenizer trains in a fraction of a second on the subset

@@ -17,12 +17,11 @@ from flax import nnx
 
 from dsv4.data import regenerate as regen
 from dsv4.data.corpus import build_corpus, load_corpus, split_of
-from dsv4.data.errors import DataError
 from dsv4.data.regenerate import Sampler, regenerate
 from dsv4.data.sources import render_chat
 from dsv4.data.stream import PackedStream, tokenize_dataset
 from dsv4.data.tokenizer import train_bpe
-from dsv4.errors import TargetError
+from dsv4.errors import DataError, TargetError
 from dsv4.io.checkpoint import CONFIG_FILE
 from dsv4.io.hf import save_pretrained
 from dsv4.model import ModelConfig, Transformer

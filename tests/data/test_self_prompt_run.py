@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsv4.data.errors import DataError
 from dsv4.data.self_prompt import DOMAINS, batch_seed, domain_counts, normalise, query_problem
 from dsv4.data.self_prompt_run import PARTIAL, PROMPTS, PROVENANCE, QuerySampler, self_prompt
+from dsv4.errors import DataError
 from dsv4.inference.generate import generate
 from tests.io.gguf_fixtures import smollm2_path
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dsv4.data.errors import DataError
 from dsv4.data.tokenizer import SPECIAL_TOKENS, check_vocab, load_tokenizer, special_id, train_bpe, vocab_size
+from dsv4.errors import DataError
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 # Indented code, non-ASCII text (fractions, unicode identifiers) and CRLF line ends (crlf.py); distributions that

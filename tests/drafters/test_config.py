@@ -3,7 +3,8 @@
 import pytest
 
 from dsv4.drafters import DrafterConfig, dflash_config
-from dsv4.model import ConfigError, ModelConfig
+from dsv4.errors import ConfigError
+from dsv4.model import ModelConfig
 
 TARGET = ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, head_dim=16,
                      q_lora_rank=16, qk_rope_head_dim=8, o_groups=2, o_lora_rank=8, sliding_window=8,

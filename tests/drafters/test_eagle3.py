@@ -17,7 +17,8 @@ from dsv4.drafters.context import FrozenTarget
 from dsv4.drafters.eagle3 import Eagle3, jit_eagle3_propose, previous_taps
 from dsv4.drafters.features import TargetFeatures, make_blocks
 from dsv4.drafters.losses import dspark_losses, loss_weights
-from dsv4.model import ConfigError, ModelConfig
+from dsv4.errors import ConfigError
+from dsv4.model import ModelConfig
 from dsv4.model.layers import Linear
 
 TARGET = ModelConfig(vocab_size=128, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, head_dim=16,

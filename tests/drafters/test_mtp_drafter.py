@@ -19,7 +19,8 @@ from dsv4.drafters.context import FrozenTarget
 from dsv4.drafters.features import TargetFeatures, gather_slots, make_blocks
 from dsv4.drafters.losses import dspark_losses, loss_weights
 from dsv4.drafters.mtp import MTPCache, MTPDrafter, jit_mtp_extend, jit_mtp_propose
-from dsv4.model import ConfigError, ModelConfig, Transformer
+from dsv4.errors import ConfigError
+from dsv4.model import ModelConfig, Transformer
 from tests.inference.spec_fixtures import built, sharp_target
 
 TARGET = ModelConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, head_dim=16,

@@ -18,7 +18,8 @@ from dsv4.drafters.attention import block_attention
 from dsv4.drafters.features import TargetFeatures, make_blocks
 from dsv4.drafters.losses import dspark_losses
 from dsv4.drafters.v4_layer import V4Layer, window_attention
-from dsv4.model import ConfigError, ModelConfig
+from dsv4.errors import ConfigError
+from dsv4.model import ModelConfig
 from dsv4.model.layers import FrozenState
 
 TARGET = ModelConfig(vocab_size=128, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, head_dim=16,

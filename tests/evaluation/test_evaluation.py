@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 
 import dsv4
-from dsv4.data.errors import DataError
 from dsv4.data.tokenizer import train_bpe
+from dsv4.errors import ConfigError, DataError
 from dsv4.evaluation import eval_report
 from dsv4.evaluation.harness import evaluate
 from dsv4.evaluation.prompt_sets import function_cuts, load_prompt_set, renderer
 from dsv4.io.drafter_export import save_drafter
-from dsv4.model.config import ConfigError
 from tests.inference.spec_fixtures import ROOT, tiny_drafter, tiny_target
 
 HUMANEVAL = os.path.join(ROOT, "..", "shared", "datasets", "humaneval.jsonl")  # ../shared beside the clone

@@ -16,9 +16,9 @@ import pytest
 
 import dsv4
 from dsv4.configs import load_config
+from dsv4.errors import ConfigError
 from dsv4.evaluation.harness import evaluate
 from dsv4.evaluation.prompt_sets import load_prompt_set, renderer
-from dsv4.model.config import ConfigError
 from tests.inference.spec_fixtures import ROOT, built
 from tests.io.gguf_fixtures import smollm2_path
 

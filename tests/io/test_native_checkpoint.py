@@ -10,9 +10,9 @@ from flax import nnx
 from safetensors import safe_open
 
 import dsv4
+from dsv4.errors import CheckpointError
 from dsv4.io import names as names_lib
 from dsv4.io.native_checkpoint import NativeCheckpoint
-from dsv4.io.safetensors_dir import CheckpointError
 from tests.io import quant_reference as ref
 
 CFG = ref.tiny_config()

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import dsv4
-from dsv4.io.safetensors_dir import CheckpointError
+from dsv4.errors import CheckpointError
 from tests.io import hf_reference as ref
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,10 +12,10 @@ from flax import nnx
 
 import dsv4
 from dsv4.drafters.context import FrozenTarget
+from dsv4.errors import CheckpointError, ConfigError
 from dsv4.io.dense_hf import dense_from_hf_tensors, dense_hf_tensors, save_dense_pretrained
 from dsv4.io.family import build_model, count_params, family_for_model_type
-from dsv4.io.safetensors_dir import CheckpointError
-from dsv4.model import ConfigError, DenseConfig, DenseTransformer, ModelConfig, Transformer
+from dsv4.model import DenseConfig, DenseTransformer, ModelConfig, Transformer
 from dsv4.model.dense_config import dense_config_from_hf
 from dsv4.model.target import FeatureTarget, Target, TargetConfig
 from dsv4.parallel.mesh import make_mesh

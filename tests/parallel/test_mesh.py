@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType
 
+from dsv4.errors import ConfigError
 from dsv4.parallel.config import mesh_from_config, mesh_section
-from dsv4.parallel.mesh import MESH_AXES, MeshError, abstract_mesh, device_array, make_mesh, parse_sizes
+from dsv4.parallel.mesh import MESH_AXES, abstract_mesh, device_array, make_mesh, parse_sizes
 
 
 def test_fill_and_auto_axes():
@@ -32,7 +33,7 @@ def test_config_section():
     ({"experts": 8}, ["experts"]),                                                # unknown axis
 ])
 def test_errors_name_the_axis(sizes, names):
-  with pytest.raises(MeshError) as e:
+  with pytest.raises(ConfigError) as e:
     make_mesh(sizes)
   for name in names:
     assert name in str(e.value)
@@ -41,7 +42,7 @@ def test_errors_name_the_axis(sizes, names):
 def test_parse_sizes():
   assert parse_sizes("expert=64, fsdp=-1,dcn_data=2") == {"expert": 64, "fsdp": -1, "dcn_data": 2}
   assert parse_sizes("") == {}
-  with pytest.raises(MeshError, match="'fsdp4'"):
+  with pytest.raises(ConfigError, match="'fsdp4'"):
     parse_sizes("fsdp4")
 
 
@@ -59,9 +60,9 @@ def test_multi_slice_layout():
   arr = device_array({"dcn_data": 2, "fsdp": -1}, devices)
   assert arr.shape == (2, 4, 1, 1)
   assert [{d.slice_index for d in row.flat} for row in arr] == [{0}, {1}]
-  with pytest.raises(MeshError, match="mesh.dcn_data=4"):
+  with pytest.raises(ConfigError, match="mesh.dcn_data=4"):
     device_array({"dcn_data": 4, "fsdp": -1}, devices)
-  with pytest.raises(MeshError, match="mesh.fsdp=8"):  # per slice only 4 devices
+  with pytest.raises(ConfigError, match="mesh.fsdp=8"):  # per slice only 4 devices
     device_array({"dcn_data": 2, "fsdp": 8}, devices)
 
 
@@ -69,6 +70,6 @@ def test_abstract_mesh():
   mesh = abstract_mesh({"expert": 64, "fsdp": 4, "dcn_data": 2})
   assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "expert": 64, "tensor": 1}
   assert dict(abstract_mesh({"expert": 8, "fsdp": -1}, n_devices=64).shape)["fsdp"] == 8
-  with pytest.raises(MeshError, match="mesh.fsdp=-1"):
+  with pytest.raises(ConfigError, match="mesh.fsdp=-1"):
     abstract_mesh({"fsdp": -1})
   assert np.prod(list(mesh.shape.values())) == 512

@@ -14,11 +14,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dsv4.configs import load_config, model_config
+from dsv4.errors import ConfigError, ShardingError
 from dsv4.model.layers import FrozenState, param
 from dsv4.model.param_count import abstract_model
 from dsv4.parallel import rules as rules_lib
 from dsv4.parallel.mesh import make_mesh
-from dsv4.parallel.rules import DEFAULT_RULES, RulesError, ShardingError, logical_to_spec, state_shardings
+from dsv4.parallel.rules import DEFAULT_RULES, logical_to_spec, state_shardings
 from dsv4.parallel.sharded import shard_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,7 +50,7 @@ def test_specs_drop_a_repeated_mesh_axis():
 
 
 def test_unknown_logical_name_is_named():
-  with pytest.raises(RulesError, match="'kv_heads' has no rule"):
+  with pytest.raises(ConfigError, match="'kv_heads' has no rule"):
     logical_to_spec(("embed", "kv_heads"), DEFAULT_RULES)
 
 
@@ -57,7 +58,7 @@ def test_overrides():
   rules = rules_lib.rules_with((("embed", "fsdp"), ("draft_heads", ("tensor", "expert"))))
   assert dict(rules)["embed"] == "fsdp" and dict(rules)["draft_heads"] == ("tensor", "expert")
   assert dict(rules)["exp"] == "expert"  # untouched
-  with pytest.raises(RulesError, match="rule 'embed': mesh axis 'fsbp'"):
+  with pytest.raises(ConfigError, match="rule 'embed': mesh axis 'fsbp'"):
     rules_lib.rules_with((("embed", "fsbp"),))
   cfg = ml_collections.ConfigDict({"rules": (("batch", "data"), ("kv", None))})
   assert dict(rules_lib.rules_from_config(cfg))["batch"] == "data"

@@ -16,7 +16,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
-from dsv4.training.checkpointing import CheckpointError, CheckpointSaveError, TrainCheckpointer
+from dsv4.errors import CheckpointError, CheckpointSaveError
+from dsv4.training.checkpointing import TrainCheckpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -174,6 +174,6 @@ def test_blocks_supervise_only_loss_tokens_of_the_anchors_document():
 
 @pytest.mark.parametrize("bad", [dict(target_layer_ids=(0, 3)), dict(hidden_size=48, head_dim=12)])
 def test_a_drafter_that_does_not_fit_the_target_is_refused_before_compute(bad):
-  from dsv4.model.config import ConfigError
+  from dsv4.errors import ConfigError
   with pytest.raises(ConfigError, match="target_layer_ids|hidden_size"):
     build_drafter(DRAFTER.replace(**bad), TARGET)

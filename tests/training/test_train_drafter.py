@@ -20,9 +20,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import dsv4
 from dsv4.configs import load_config
-from dsv4.errors import TargetError
+from dsv4.errors import ConfigError, TargetError
 from dsv4.model import ModelConfig, Transformer
-from dsv4.model.config import ConfigError
 from dsv4.training import distill, distill_loop, pretrain_loop
 from dsv4.training.interrupts import Interrupted
 from dsv4.training.workdir import WorkdirError

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from dsv4.configs import load_config
-from dsv4.data.errors import DataError
+from dsv4.errors import DataError
 from dsv4.training import pretrain_loop
 
 REPO = Path(__file__).resolve().parents[2]
