@@ -13,12 +13,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dsv4.data.corpus import DEFAULT_CORPUS_DIR, SPLITS, build_corpus  # noqa: E402
-from dsv4.errors import Dsv4Error  # noqa: E402
+from dsv4.data.corpus import DEFAULT_CORPUS_DIR, SPLITS, build_corpus
+from dsv4.errors import Dsv4Error
 
 
 def main(argv=None):

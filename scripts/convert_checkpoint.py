@@ -13,20 +13,17 @@ undone; its tokenizer (and, for transformers' format, its chat template) is writ
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dsv4.io.checkpoint import load_model, save_model  # noqa: E402
-from dsv4.io.gguf import GGUFFile  # noqa: E402
-from dsv4.io.gguf import from_pretrained as gguf_from_pretrained  # noqa: E402
-from dsv4.io.gguf_convert import gguf_to_hf_dir  # noqa: E402
-from dsv4.io.gguf_models import MODELS, resolve  # noqa: E402
-from dsv4.io.hf import from_pretrained, save_pretrained  # noqa: E402
-from dsv4.io.target import is_gguf  # noqa: E402
-from dsv4.parallel import distributed  # noqa: E402
+from dsv4.io.checkpoint import load_model, save_model
+from dsv4.io.gguf import GGUFFile
+from dsv4.io.gguf import from_pretrained as gguf_from_pretrained
+from dsv4.io.gguf_convert import gguf_to_hf_dir
+from dsv4.io.gguf_models import MODELS, resolve
+from dsv4.io.hf import from_pretrained, save_pretrained
+from dsv4.io.target import is_gguf
+from dsv4.parallel import distributed
 
 
 def main(argv=None):

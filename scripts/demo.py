@@ -21,14 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dsv4.data.corpus import DEFAULT_CORPUS_DIR, ensure_corpus, load_corpus  # noqa: E402
-from dsv4.data.tokenizer import load_tokenizer  # noqa: E402
-from dsv4.evaluation.prompt_sets import PromptSet, load_prompt_set, renderer  # noqa: E402
-from dsv4.evaluation.spec_demo import run_stage  # noqa: E402
-from dsv4.inference.generate import generate  # noqa: E402
-from dsv4.io.hf import from_pretrained  # noqa: E402
+from dsv4.data.corpus import DEFAULT_CORPUS_DIR, ensure_corpus, load_corpus
+from dsv4.data.tokenizer import load_tokenizer
+from dsv4.evaluation.prompt_sets import PromptSet, load_prompt_set, renderer
+from dsv4.evaluation.spec_demo import run_stage
+from dsv4.inference.generate import generate
+from dsv4.io.hf import from_pretrained
 
 TARGET = Path(__file__).resolve().parents[1] / "assets" / "targets" / "small"
 DRAFTER = Path(__file__).resolve().parents[1] / "assets" / "drafters" / "small-dspark"

@@ -12,13 +12,10 @@ See dsv4.evaluation.harness for what is measured and how.
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ml_collections import config_flags
 
-from ml_collections import config_flags  # noqa: E402
-
-from dsv4 import cli  # noqa: E402
+from dsv4 import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config (configs/eval/*.py[:variant])")
 

@@ -10,11 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from dsv4 import cli  # noqa: E402
+from dsv4 import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "train_drafter.py workdir (its latest checkpoint) or a step directory")
 _OUT = flags.DEFINE_string("out", None, "directory to write, e.g. assets/drafters/small-dspark")

@@ -15,11 +15,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags, logging
 
-from absl import flags, logging  # noqa: E402
-
-from dsv4 import cli  # noqa: E402
+from dsv4 import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "training workdir (its latest checkpoint is exported)")
 _OUT = flags.DEFINE_string("out", None, "output directory (created atomically)")

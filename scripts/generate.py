@@ -14,14 +14,11 @@ Ends with one JSON line: {"outputs": [[ids...], ...], "texts": [...] | null, "se
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import dsv4  # noqa: E402
-from dsv4.parallel import distributed  # noqa: E402
+import dsv4
+from dsv4.parallel import distributed
 
 
 def load_model(args):

@@ -14,15 +14,12 @@ to WORKDIR/tensorboard. Multi-process: add --coordinator_address/--num_processes
 """
 
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags, logging
+from ml_collections import config_flags
 
-from absl import flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from dsv4 import cli  # noqa: E402
+from dsv4 import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "drafter config (configs/drafter/*.py[:scale])")
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard logs and provenance go here")

@@ -10,15 +10,12 @@ SLURM are detected). Ends with one JSON line {"step", "loss", "val_loss", "check
 """
 
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags, logging
+from ml_collections import config_flags
 
-from absl import flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from dsv4 import cli  # noqa: E402
+from dsv4 import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "target config with train/data sections: file.py[:variant]")
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard logs and provenance go here")
