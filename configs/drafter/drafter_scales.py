@@ -49,8 +49,10 @@ _TRAIN = {
     "tiny": dict(steps=120, batch_size=8, checkpoint_every=40, eval_every=40, eval_batches=2, log_every=10, lr=3e-3),
     "small": dict(steps=400, batch_size=8, checkpoint_every=100, eval_every=100, eval_batches=4, log_every=10,
                   lr=1e-3),
-    "smollm2": dict(steps=1200, batch_size=4, checkpoint_every=100, eval_every=200, eval_batches=8, log_every=10,
-                    lr=1e-3, features="offline"),
+    # The recorded runs (experiments/train_drafter_*_smollm2): 600 steps over a 100-batch offline cache (the 1024
+    # training answers pack into ~100 batches of 4 × 512, so ~6 passes); the 64 validation answers pack into 4.
+    "smollm2": dict(steps=600, batch_size=4, checkpoint_every=100, eval_every=100, eval_batches=4, log_every=10,
+                    lr=1e-3, features="offline", cache_batches=100),
     # Expert meshes: tokens go to the devices holding their experts (the default path would run every expert
     # on every device: experiments/aot_drafter_step).
     "v4_flash": dict(steps=20000, batch_size=256, checkpoint_every=1000, eval_every=1000, eval_batches=16,
