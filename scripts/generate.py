@@ -62,8 +62,8 @@ def missing_model(args):
       what = "no such directory" if not path.is_dir() else f"no {CONFIG_FILE} there"
       return f"no model checkpoint at {args.checkpoint} ({what}); pass a directory written by dsv4's save_model"
   if args.model and not is_gguf(args.model) and not Path(args.model).exists():
-    return (f"no model at {args.model} (no such file or directory, nor a known model name: "
-            f"{', '.join(sorted(MODELS))})")
+    return (f"no model at {args.model}: no such file or directory, nor a known model name (known: "
+            f"{', '.join(sorted(MODELS))}); pass a transformers-format directory, a .gguf file or a known name")
   if args.model and Path(args.model).is_dir() and not (Path(args.model) / "config.json").is_file():
     return (f"no model at {args.model} (a directory without config.json); pass a transformers-format directory, a "
             ".gguf file or a known model name")
