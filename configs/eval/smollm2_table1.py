@@ -22,7 +22,7 @@ Cost on the 2-core CPU (a SmolLM2 AR token ~35 ms, a verify of 8 tokens ~2×, a 
 transformers' generate ~0.2 s a token): per set, the acceptance decodes are AR + 6 speculative variants (DSpark
 at 3 γ, the others at γ = 7) at two temperatures, ~1 minute; the timing is 5 repetitions + 1 warm-up of AR and the
 6 variants, then each variant's round parts, ~4 minutes; the 2 transformers peers, timed on HumanEval only, ~6
-minutes; compilation for 3 prompt widths ~10 minutes. The whole table is estimated at ~40 minutes on an otherwise
+minutes; compilation for 3 prompt widths ~10 minutes. The whole table took 42 minutes on an otherwise
 idle machine, more while other work shares the cores (`:dspark`: ~25 minutes). `:quick` (1 prompt on 2 sets, 16
 tokens, γ = 7, peers on GSM8K) took 10 minutes with the cores shared by other jobs (load 4–7): compilation, the
 peers' GGUF conversion and transformers' decoding under load.
