@@ -6,12 +6,9 @@ failing before compute with nothing written; atomic saves; the script's JSON lin
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 
-import jax
-import numpy as np
 import pytest
 from flax import nnx
 
@@ -25,6 +22,8 @@ from dsv4.errors import DataError, TargetError
 from dsv4.io.checkpoint import CONFIG_FILE
 from dsv4.io.hf import save_pretrained
 from dsv4.model import ModelConfig, Transformer
+from tests.inference.spec_fixtures import built
+from tests.reference_decode import full_forward_greedy
 
 # One compressed-attention layer: these tests are about the data, and every compile counts on a shared CPU.
 TINY = ModelConfig(vocab_size=320, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=16,
@@ -32,7 +31,7 @@ TINY = ModelConfig(vocab_size=320, hidden_size=32, num_hidden_layers=1, num_atte
                    compress_ratios=(4,), index_n_heads=2, index_head_dim=8, index_topk=4, n_routed_experts=4,
                    num_experts_per_tok=2, moe_intermediate_size=16, num_hash_layers=0, hc_mult=2,
                    num_nextn_predict_layers=0, max_position_embeddings=64)
-T_NAIVE = 48  # fixed width of the reference forward (one compile); right padding is invisible to a causal model
+T_NAIVE = 48  # fixed width of the reference forward (one compile)
 PROMPT, NEW = 6, 6
 GREEDY = Sampler(max_new_tokens=NEW, temperature=0.0, batch_size=2)
 CODE = [f"def f{i}(x, y):\n    return x * {i} + y - {i * i}  # {'ab' * (i % 7)}\n" for i in range(40)]
@@ -49,29 +48,6 @@ def write_jsonl(path, rows):
   return str(path)
 
 
-def built(make):
-  graphdef, _ = nnx.split(nnx.eval_shape(make))
-  return nnx.merge(graphdef, jax.jit(lambda: nnx.state(make()))())
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _logits(graphdef, state, ids_BT):
-  return nnx.merge(graphdef, state)(ids_BT)
-
-
-def naive_greedy(model, prompt, max_new, eos):
-  """Reference: argmax of a full forward over the whole sequence so far, one token at a time, stopping at EOS."""
-  graphdef, state = nnx.split(model)
-  seq = list(prompt)
-  for _ in range(max_new):
-    buf = np.zeros((1, T_NAIVE), np.int32)
-    buf[0, :len(seq)] = seq
-    seq.append(int(np.argmax(np.asarray(_logits(graphdef, state, buf))[0, len(seq) - 1])))
-    if seq[-1] == eos:
-      break
-  return seq[len(prompt):]
-
-
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):
   """(directory, in-memory model, tokenizer): a random tiny target whose EOS is reachable greedily, saved in the
@@ -82,10 +58,10 @@ def target(tmp_path_factory):
   # Point EOS's head column along the token greedy picks 3rd after CODE[0]'s prompt (a positive logit there), so
   # that prompt stops at EOS within 3 tokens: the EOS path is exercised, not left to chance.
   prompt = tok.encode(CODE[0]).ids[:PROMPT]
-  x = naive_greedy(model, prompt, 3, eos)[-1]
+  x = full_forward_greedy(model, prompt, 3, eos, T_NAIVE)[-1]
   w_DV = model.lm_head[...]
   model.lm_head[...] = w_DV.at[:, eos].set(3.0 * w_DV[:, x])
-  assert naive_greedy(model, prompt, 3, eos)[-1] == eos
+  assert full_forward_greedy(model, prompt, 3, eos, T_NAIVE)[-1] == eos
   path = tmp_path_factory.mktemp("regen") / "target"
   save_pretrained(model, path)
   tok.save(str(path / "tokenizer.json"))
@@ -109,7 +85,7 @@ def check_rows(ds, want_prompts, model, eos):
   assert len(ds) == len(want_prompts)
   for row in ds:
     prompt = want_prompts[row["source_row"]]
-    response = naive_greedy(model, prompt, NEW, eos)
+    response = full_forward_greedy(model, prompt, NEW, eos, T_NAIVE)
     assert row["ids"] == prompt + response
     assert row["target_mask"] == [0] * len(prompt) + [1] * len(response)
 

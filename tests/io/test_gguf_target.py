@@ -7,18 +7,16 @@ target by name and `dsv4.load_drafter` finds it with no target given."""
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from dsv4.io.target import describe, is_gguf, read_target_config, recorded_path, target_format
 from tests.io.gguf_fixtures import smollm2_path
+from tests.reference_decode import full_forward_greedy
 
 PATH = smollm2_path()
 pytestmark = pytest.mark.skipif(PATH is None, reason="SmolLM2 GGUF wheel not installed: "
@@ -128,27 +126,7 @@ def regen(tmp_path_factory):
   return out, rows, manifests, model
 
 
-T_REF = 96  # fixed width of the reference forward (one compile); right padding is invisible to a causal model
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _logits(graphdef, state, ids_BT):
-  return nnx.merge(graphdef, state)(ids_BT)
-
-
-def full_forward_greedy(model, prompt, eos):
-  """Reference: argmax of a full forward over the whole sequence so far (no cache), one token at a time, until
-  EOS. dsv4's forward of this model equals transformers' (tests/model/test_smollm2.py)."""
-  graphdef, state = nnx.split(model)
-  seq = list(prompt)
-  assert len(seq) + NEW <= T_REF
-  for _ in range(NEW):
-    buf = np.zeros((1, T_REF), np.int32)
-    buf[0, :len(seq)] = seq
-    seq.append(int(np.argmax(np.asarray(_logits(graphdef, state, buf))[0, len(seq) - 1])))
-    if seq[-1] == eos:
-      break
-  return seq[len(prompt):]
+T_REF = 96  # width of the reference full forward (which equals transformers': tests/model/test_smollm2.py)
 
 
 @pytest.mark.slow
@@ -171,7 +149,7 @@ def test_regenerated_rows_equal_the_template_and_a_full_forward(regen):
       text = ref_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
       assert text.endswith("<|im_start|>assistant\n")
       prompt = ref_tok(text, add_special_tokens=False)["input_ids"]
-      response = full_forward_greedy(model, prompt, eos)
+      response = full_forward_greedy(model, prompt, NEW, eos, T_REF)
       assert row["ids"] == prompt + response
       assert row["target_mask"] == [0] * len(prompt) + [1] * len(response)
     assert m["response_tokens"] == sum(sum(r) for r in ds["target_mask"])
