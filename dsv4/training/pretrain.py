@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dsv4.data.packing import row_loss_weights
 from dsv4.model.layers import FrozenState
@@ -73,14 +75,26 @@ def make_train_step(graphdef, optimizer, train, schedule, shardings=None, batch_
 
 
 def make_eval_step(graphdef, train, shardings=None, batch_shardings=None):
-  """`(params, frozen, batch) -> (Σ w·CE, Σ w)` for pooling a validation loss over many batches."""
+  """`(params, frozen, batch, sums_2) -> sums_2 + [Σ w·CE, Σ w]` for pooling a validation loss over many batches.
+
+  The running sums are threaded through every call rather than returned per batch: each call then depends on the
+  previous one, so a pass runs its batches in order. Independent calls may run concurrently on the CPU runtime, and
+  two processes that start their collectives in different orders wait on each other for ever.
+  """
   moe_impl = train.get("moe_impl", None) or None
 
-  def step(params, frozen, batch):
+  def step(params, frozen, batch, sums_2):
     _, out, losses = _forward_losses(graphdef, params, frozen, batch, False, moe_impl)
     n = jnp.sum(row_loss_weights(batch["segment_ids"], batch["target_mask"], 1))
-    return losses["ce"] * n, n
+    return sums_2 + jnp.stack([losses["ce"] * n, n]).astype(sums_2.dtype)
 
   if shardings is None:
     return jax.jit(step)
-  return jax.jit(step, in_shardings=(shardings["params"], shardings["frozen"], batch_shardings))
+  replicated = NamedSharding(next(iter(batch_shardings.values())).mesh, P())
+  return jax.jit(step, in_shardings=(shardings["params"], shardings["frozen"], batch_shardings, replicated),
+                 out_shardings=replicated)
+
+
+def zero_sums() -> np.ndarray:
+  """The starting `sums_2` of a validation pass."""
+  return np.zeros(2, np.float32)

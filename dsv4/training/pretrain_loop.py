@@ -66,17 +66,15 @@ def _global_batch(local: dict, shardings: dict) -> dict:
 def evaluate(eval_step, state, stream_factory, batch_shardings, max_batches: int) -> float:
   """Mean next-token CE over the validation stream (pooled over counted positions).
 
-  The per-batch sums stay on the devices until the pass ends: no host round trip per batch, so the host packs and
+  The running sums stay on the devices until the pass ends: no host round trip per batch, so the host packs and
   places the next batch while the devices still run this one.
   """
-  sums = []
+  sums_2 = pretrain.zero_sums()
   for i, local in enumerate(stream_factory()):
     if max_batches and i >= max_batches:
       break
-    sums.append(eval_step(state["params"], state["frozen"], _global_batch(local, batch_shardings)))
-  total = count = 0.0
-  for s, n in jax.device_get(sums):
-    total, count = total + float(s), count + float(n)
+    sums_2 = eval_step(state["params"], state["frozen"], _global_batch(local, batch_shardings), sums_2)
+  total, count = (float(x) for x in jax.device_get(sums_2))
   return total / max(count, 1.0)
 
 

@@ -29,10 +29,11 @@ def validation_loss(model: Transformer, config, splits, batch_size: int = 8) -> 
   graphdef, params, frozen = nnx.split(model, nnx.Param, FrozenState)
   eval_step = pretrain.make_eval_step(graphdef, config.train)
   cfg = model_config(config)
-  total = count = 0.0
+  sums_2 = pretrain.zero_sums()
   for batch in data_setup.val_stream(splits, config.data, cfg, batch_size):
-    s, n = eval_step(nnx.to_pure_dict(params), nnx.to_pure_dict(frozen), {k: jnp.asarray(v) for k, v in batch.items()})
-    total, count = total + float(s), count + float(n)
+    sums_2 = eval_step(nnx.to_pure_dict(params), nnx.to_pure_dict(frozen),
+                       {k: jnp.asarray(v) for k, v in batch.items()}, sums_2)
+  total, count = (float(x) for x in jax.device_get(sums_2))
   return total / max(count, 1.0)
 
 

@@ -28,12 +28,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def old_evaluate(eval_step, state, stream_factory, batch_shardings, max_batches: int) -> float:
   """The validation loop before the change: a host round trip (float) per batch."""
+  from dsv4.training.pretrain import zero_sums
   from dsv4.training.pretrain_loop import _global_batch
   total = count = 0.0
   for i, local in enumerate(stream_factory()):
     if max_batches and i >= max_batches:
       break
-    s, n = eval_step(state["params"], state["frozen"], _global_batch(local, batch_shardings))
+    s, n = eval_step(state["params"], state["frozen"], _global_batch(local, batch_shardings), zero_sums())
     total, count = total + float(s), count + float(n)
   return total / max(count, 1.0)
 
@@ -68,7 +69,7 @@ def worker(args) -> None:
   out = {"nproc": args.nproc, "val_batches": sum(1 for _ in factory()), "pass_s_per_batch": {k: [] for k in variants}}
   with jax.set_mesh(mesh):
     first = pretrain_loop._global_batch(next(iter(factory())), batch_sh)
-    hlo = eval_step.lower(state["params"], state["frozen"], first).compile().as_text()
+    hlo = eval_step.lower(state["params"], state["frozen"], first, pretrain.zero_sums()).compile().as_text()
     out["eval_collectives"] = dict(Counter(re.findall(
         r"= \S+ (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(?:-start)?\(", hlo)))
     variants["now"](eval_step, state, factory, batch_sh, 1)  # compile
@@ -80,7 +81,7 @@ def worker(args) -> None:
     calls = []
     for _ in range(3):
       tick = time.perf_counter()
-      jax.block_until_ready(eval_step(state["params"], state["frozen"], first))
+      jax.block_until_ready(eval_step(state["params"], state["frozen"], first, pretrain.zero_sums()))
       calls.append(time.perf_counter() - tick)
     out["eval_call_s"] = sorted(calls)[1]
     step = pretrain.make_train_step(graphdef, optimizer, cfg.train, learning_rate(cfg.train), shardings, batch_sh)
