@@ -23,6 +23,7 @@ import json
 import os
 from pathlib import Path
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -81,8 +82,13 @@ def restore_model(step_dir: Path) -> tuple[Transformer, ml_collections.ConfigDic
   cfg = model_config(config)
   abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   graphdef, params, frozen = nnx.split(abstract, nnx.Param, FrozenState)
+  # Onto this process's first device whatever topology wrote it (a multi-host run exports on one machine).
+  one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with ocp.StandardCheckpointer() as ckptr:
-    saved = ckptr.restore(step_dir / "state")
+    tree = ckptr.metadata(step_dir / "state")
+    tree = getattr(getattr(tree, "item_metadata", tree), "tree", getattr(tree, "item_metadata", tree))
+    saved = ckptr.restore(step_dir / "state",
+                          jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree))
   return nnx.merge(graphdef, saved["params"], saved["frozen"]), config, meta
 
 

@@ -20,8 +20,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from dsv4.data.corpus import build_corpus
+from dsv4.io.target import restore_model
 from tests.parallel.test_multiprocess_train import free_port
 from tests.training.test_train_target import _flat
 
@@ -108,6 +110,13 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step_and_resuming_equals
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+  # One process exports what two trained: the model restores onto this process whatever topology wrote it.
+  model, _, _ = restore_model(straight.absolute() / "checkpoints" / str(STEPS))
+  params = _flat({"params": nnx.to_pure_dict(nnx.state(model, nnx.Param))})
+  assert params.keys() and params.keys() <= a.keys()
+  for key in params:
+    np.testing.assert_array_equal(params[key], a[key], err_msg=key)
 
 
 @pytest.mark.slow  # two processes start and wait out the check's timeout
