@@ -209,3 +209,37 @@ def test_every_dsv4_import_names_a_module_that_exists():
         continue
       missing += [f"{name} imports {w}" for w in wanted if w.startswith("dsv4") and w not in names]
   assert not missing, "\n".join(missing)
+
+
+def _outside_imports() -> list[tuple[Path, int, str, str | None]]:
+  """(file, line, module, name or None) for every dsv4 import in scripts/, configs/, experiments/ and tests/."""
+  found = []
+  for folder in ("scripts", "configs", "experiments", "tests"):
+    for path in sorted((ROOT.parent / folder).rglob("*.py")):
+      for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+          found += [(path, node.lineno, a.name, None) for a in node.names if a.name.split(".")[0] == "dsv4"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "dsv4":
+          found += [(path, node.lineno, node.module, a.name) for a in node.names]
+  return found
+
+
+def test_every_dsv4_name_imported_by_scripts_configs_experiments_and_tests_exists():
+  """Outside the package a stale import shows only when that script or experiment runs (a measurement script kept
+  importing a function from the module it had left): import every module named and look each name up."""
+  import importlib
+
+  imports = _outside_imports()
+  assert len({p.parts[len(ROOT.parent.parts)] for p, *_ in imports}) == 4  # every folder was read
+  missing = []
+  for path, line, module, name in imports:
+    where = f"{path.relative_to(ROOT.parent)}:{line}"
+    try:
+      mod = importlib.import_module(module)
+    except ImportError as e:
+      missing.append(f"{where}: {module} ({e})")
+      continue
+    is_submodule = hasattr(mod, "__path__") and importlib.util.find_spec(f"{module}.{name}") is not None
+    if name and name != "*" and not hasattr(mod, name) and not is_submodule:
+      missing.append(f"{where}: {module} has no {name}")
+  assert not missing, "\n".join(missing)
