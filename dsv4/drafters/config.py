@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dsv4.errors import ConfigError
-from dsv4.model.config import DTYPES, ModelConfig
+from dsv4.model.config import DTYPES, ModelConfig, known_fields
 
 KINDS = ("dspark", "eagle3", "mtp")  # eagle3: dsv4.drafters.eagle3; mtp: the target's own MTP module
 LAYER_TYPES = ("dense", "v4")        # v4: mHC + sliding-window attention + MoE (dsv4.drafters.v4_layer)
@@ -77,12 +77,7 @@ class DrafterConfig:
   @classmethod
   def from_mapping(cls, values: Mapping[str, Any], where: str = "drafter config") -> DrafterConfig:
     """Builds from a dict or ConfigDict; an unknown key is an error naming it; lists become tuples."""
-    values = dict(values)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ConfigError(
-          f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}. Fix the spelling or remove them.")
+    values = known_fields(cls, values, where)
     if isinstance(values.get("target_layer_ids"), list | tuple):
       values["target_layer_ids"] = tuple(values["target_layer_ids"])
     return cls(**values)

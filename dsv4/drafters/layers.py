@@ -20,20 +20,27 @@ from dsv4.model.layers import Linear, RMSNorm, SwiGLU
 from dsv4.model.rope import apply_rope, inv_frequencies
 
 
+def add_gqa_projections(module: nnx.Module, cfg: DrafterConfig, kw: dict) -> None:
+  """The grouped-query attention weights every drafter layer kind shares, set on `module` (wq, wk, wv, wo and the
+  per-head q/k RMSNorms) with its head counts and RoPE frequencies."""
+  D, H, J, K = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+  module.num_heads, module.kv_heads, module.head_dim = H, J, K
+  module.inv_freq = tuple(float(f) for f in inv_frequencies(K, cfg.rope_theta))
+  module.wq = Linear(D, H * K, ("embed", "heads"), **kw)
+  module.wk = Linear(D, J * K, ("embed", "kv"), **kw)
+  module.wv = Linear(D, J * K, ("embed", "kv"), **kw)
+  module.wo = Linear(H * K, D, ("heads", "embed"), **kw)
+  module.q_norm = RMSNorm(K, cfg.rms_norm_eps)
+  module.k_norm = RMSNorm(K, cfg.rms_norm_eps)
+
+
 class DenseLayer(nnx.Module):
 
   def __init__(self, cfg: DrafterConfig, *, rngs, dtype, param_dtype):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    D, H, J, K = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    self.num_heads, self.kv_heads, self.head_dim = H, J, K
-    self.inv_freq = tuple(float(f) for f in inv_frequencies(K, cfg.rope_theta))
+    D = cfg.hidden_size
     self.in_norm = RMSNorm(D, cfg.rms_norm_eps)
-    self.wq = Linear(D, H * K, ("embed", "heads"), **kw)
-    self.wk = Linear(D, J * K, ("embed", "kv"), **kw)
-    self.wv = Linear(D, J * K, ("embed", "kv"), **kw)
-    self.wo = Linear(H * K, D, ("heads", "embed"), **kw)
-    self.q_norm = RMSNorm(K, cfg.rms_norm_eps)
-    self.k_norm = RMSNorm(K, cfg.rms_norm_eps)
+    add_gqa_projections(self, cfg, kw)
     self.post_norm = RMSNorm(D, cfg.rms_norm_eps)
     limit = math.inf if cfg.swiglu_limit is None else cfg.swiglu_limit
     self.mlp = SwiGLU(D, cfg.intermediate_size, limit, **kw)

@@ -44,11 +44,12 @@ from flax import nnx
 
 from dsv4.drafters.attention import block_attention
 from dsv4.drafters.config import DrafterConfig
+from dsv4.drafters.layers import add_gqa_projections
 from dsv4.model.config import ModelConfig
 from dsv4.model.hyper import HyperConnection, HyperHead
-from dsv4.model.layers import Linear, RMSNorm
+from dsv4.model.layers import RMSNorm
 from dsv4.model.moe import MoE
-from dsv4.model.rope import apply_rope, inv_frequencies
+from dsv4.model.rope import apply_rope
 
 
 def moe_config(cfg: DrafterConfig, target_cfg: ModelConfig) -> ModelConfig:
@@ -91,15 +92,8 @@ class WindowAttention(nnx.Module):
 
   def __init__(self, cfg: DrafterConfig, *, rngs, dtype, param_dtype):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    D, H, J, K = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    self.num_heads, self.kv_heads, self.head_dim, self.window = H, J, K, cfg.sliding_window
-    self.inv_freq = tuple(float(f) for f in inv_frequencies(K, cfg.rope_theta))
-    self.wq = Linear(D, H * K, ("embed", "heads"), **kw)
-    self.wk = Linear(D, J * K, ("embed", "kv"), **kw)
-    self.wv = Linear(D, J * K, ("embed", "kv"), **kw)
-    self.wo = Linear(H * K, D, ("heads", "embed"), **kw)
-    self.q_norm = RMSNorm(K, cfg.rms_norm_eps)
-    self.k_norm = RMSNorm(K, cfg.rms_norm_eps)
+    self.window = cfg.sliding_window
+    add_gqa_projections(self, cfg, kw)
 
   def kv(self, x_XTD, pos_XT):
     """Keys (normalised, rotated at pos) and values, each [..., T, J, K]."""

@@ -19,6 +19,17 @@ MOE_IMPLS = ("ragged", "ragged_dot", "tiled", "gather", "dense", "expert_paralle
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def known_fields(cls, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+  """`values` as a dict, or a ConfigError naming every key that is not a field of the dataclass `cls`."""
+  values = dict(values)
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ConfigError(
+        f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}. Fix the spelling or remove them.")
+  return values
+
+
 @dataclasses.dataclass(frozen=True)
 class YarnConfig:
   """YaRN scaling of the compressed layers' RoPE (CSA/HCA only; sliding layers use plain RoPE)."""
@@ -99,12 +110,7 @@ class ModelConfig:
   @classmethod
   def from_mapping(cls, values: Mapping[str, Any], where: str = "model config") -> ModelConfig:
     """Builds from a dict or ConfigDict; an unknown key is an error naming it."""
-    values = dict(values)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ConfigError(
-          f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}. Fix the spelling or remove them.")
+    values = known_fields(cls, values, where)
     if isinstance(values.get("yarn"), Mapping):
       yarn = dict(values["yarn"])
       yknown = {f.name for f in dataclasses.fields(YarnConfig)}

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from dsv4.errors import ConfigError
+from dsv4.model.config import known_fields
 
 MODEL_TYPES = ("llama", "qwen2", "qwen3")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -72,11 +73,7 @@ class DenseConfig:
   @classmethod
   def from_mapping(cls, values: Mapping[str, Any], where: str = "dense config") -> DenseConfig:
     """From `to_dict()` output; an unknown key is an error naming it."""
-    values = dict(values)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}.")
+    values = known_fields(cls, values, where)
     if isinstance(values.get("rope_scaling"), Mapping):
       values["rope_scaling"] = Llama3RopeScaling(**values["rope_scaling"])
     return cls(**values)

@@ -32,17 +32,15 @@ from dsv4.errors import ConfigError, DataError
 from dsv4.io.drafter_checkpoint import drafter_meta
 from dsv4.io.target import tokenizer_path
 from dsv4.model.moe import EXPERT_IMPLS
-from dsv4.parallel.config import mesh_from_config, rules_from_config
 from dsv4.parallel.sharded import bind_rules
 from dsv4.training import data_setup, distill, feature_cache, train_state
 from dsv4.training.checkpointing import TrainCheckpointer
 from dsv4.training.distill_config import FEATURE_MODES, drafter_config
-from dsv4.training.loop import StepOut, Totals, TrainingError, find_run, log, report, run_steps, stoppable
+from dsv4.training.loop import StepOut, Totals, TrainingError, log, open_run, report, run_steps, stoppable
 from dsv4.training.optimizer import check_optimizer, learning_rate, make_optimizer
-from dsv4.training.pretrain_loop import check_batch
 from dsv4.training.target_source import ensure_target, target_config
 from dsv4.training.tensorboard import ScalarWriter
-from dsv4.training.workdir import check_reuse, check_shared, describe_changes, resume_entry
+from dsv4.training.workdir import check_reuse, describe_changes, resume_entry
 
 __all__ = ["Data", "TrainingError", "check_config", "evaluate", "run"]
 
@@ -146,10 +144,7 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   check_config(config)
   dcfg = drafter_config(config)
   t, d = config.train, config.data
-  mesh, rules = mesh_from_config(config), rules_from_config(config)
-  check_batch(t.batch_size, mesh, rules)
-  check_shared(workdir)
-  latest, saved_meta = find_run(workdir / "checkpoints")
+  mesh, rules, latest, saved_meta = open_run(config, workdir)
   changes = {}
   if latest is not None:  # refuse another run's workdir before loading the target or writing anything
     # data.tokenizer is filled in below from the target when not given

@@ -33,11 +33,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from dsv4.errors import TrainingError
+from dsv4.errors import ConfigError, TrainingError
+from dsv4.parallel.config import mesh_from_config, rules_from_config
 from dsv4.parallel.distributed import is_main
+from dsv4.parallel.rules import logical_to_spec
 from dsv4.training.checkpointing import TrainCheckpointer
 from dsv4.training.interrupts import Interrupted, StopSignals
 from dsv4.training.progress import progress
+from dsv4.training.workdir import check_shared
 
 _active: list[StopSignals] = []  # the handler of the run in progress (innermost last)
 
@@ -109,6 +112,25 @@ def find_run(directory: Path) -> tuple[int | None, dict | None]:
     latest = ckpt.latest_step()
     _note_unfinished(ckpt, latest)
     return latest, None if latest is None else ckpt.read_meta(latest)
+
+
+def check_batch(batch_size: int, mesh, rules) -> None:
+  axes = logical_to_spec(("batch",), rules)[0] or ()
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  ways = math.prod(mesh.shape[a] for a in axes)
+  if batch_size % ways:
+    raise ConfigError(f"config.train.batch_size={batch_size} does not divide over the batch mesh axes {axes} "
+                      f"({ways} ways); use a multiple of {ways} or change config.mesh / config.rules.")
+
+
+def open_run(config, workdir: Path) -> tuple:
+  """(mesh, rules, latest step or None, its meta) of a run about to start or resume in `workdir`, after the checks
+  that need no data or compute: the batch divides over the mesh, every process sees the same workdir."""
+  mesh, rules = mesh_from_config(config), rules_from_config(config)
+  check_batch(config.train.batch_size, mesh, rules)
+  check_shared(workdir)
+  latest, saved_meta = find_run(workdir / "checkpoints")
+  return mesh, rules, latest, saved_meta
 
 
 def _note_unfinished(ckpt: TrainCheckpointer, latest: int | None) -> None:

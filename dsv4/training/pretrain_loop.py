@@ -21,17 +21,15 @@ from dsv4.configs import model_config
 from dsv4.data.corpus import unigram_entropy
 from dsv4.errors import ConfigError
 from dsv4.model.sharded import init_sharded
-from dsv4.parallel.config import mesh_from_config, rules_from_config
-from dsv4.parallel.rules import logical_to_spec
 from dsv4.training import data_setup, pretrain, train_state
 from dsv4.training.checkpointing import TrainCheckpointer
-from dsv4.training.loop import StepOut, Totals, TrainingError, find_run, log, report, run_steps, stoppable
+from dsv4.training.loop import StepOut, Totals, TrainingError, log, open_run, report, run_steps, stoppable
 from dsv4.training.optimizer import check_optimizer, learning_rate, make_optimizer
 from dsv4.training.tensorboard import ScalarWriter
 from dsv4.training.throughput import compiled_flops, measured_matmul_flops
-from dsv4.training.workdir import check_reuse, check_shared, describe_changes, resume_entry
+from dsv4.training.workdir import check_reuse, describe_changes, resume_entry
 
-__all__ = ["TrainingError", "check_batch", "check_config", "evaluate", "run", "validation_unigram_entropy"]
+__all__ = ["TrainingError", "check_config", "evaluate", "run", "validation_unigram_entropy"]
 
 
 _log = log
@@ -47,15 +45,6 @@ def check_config(config, n_devices: int) -> None:
   data_setup.check_data(d, model_config(config).max_position_embeddings, "config.model")
   if t.batch_size % jax.process_count():
     raise ConfigError(f"config.train.batch_size={t.batch_size} does not divide over {jax.process_count()} processes.")
-
-
-def check_batch(batch_size: int, mesh, rules) -> None:
-  axes = logical_to_spec(("batch",), rules)[0] or ()
-  axes = (axes,) if isinstance(axes, str) else tuple(axes)
-  ways = math.prod(mesh.shape[a] for a in axes)
-  if batch_size % ways:
-    raise ConfigError(f"config.train.batch_size={batch_size} does not divide over the batch mesh axes {axes} "
-                      f"({ways} ways); use a multiple of {ways} or change config.mesh / config.rules.")
 
 
 def _global_batch(local: dict, shardings: dict) -> dict:
@@ -86,10 +75,7 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   check_config(config, jax.device_count())
   model_cfg = model_config(config)
   t, d = config.train, config.data
-  mesh, rules = mesh_from_config(config), rules_from_config(config)
-  check_batch(t.batch_size, mesh, rules)
-  check_shared(workdir)
-  latest, saved_meta = find_run(workdir / "checkpoints")
+  mesh, rules, latest, saved_meta = open_run(config, workdir)
   changes = {}
   if latest is not None:  # refuse another run's workdir before any compute or write
     changes = check_reuse(saved_meta, config, "target", workdir, latest)

@@ -232,6 +232,7 @@ def test_no_leakage_past_the_anchor_or_across_documents():
 
 @functools.cache
 def propose_inputs():
+  drafter()  # build the cached drafter outside the trace: built first inside it, its weights would be tracers
   return jax.jit(_propose_inputs)(*data())
 
 
