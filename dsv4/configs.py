@@ -26,12 +26,8 @@ def split_spec(spec: str) -> tuple[str, str | None]:
   return path, variant or None
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Imports the config file named by `spec` (`file.py` or `file.py:variant`) and returns its get_config(...)."""
-  path, variant = split_spec(spec)
-  if not os.path.isfile(path):
-    raise ConfigError(f"config file {path!r} does not exist (from spec {spec!r}); give a path to a .py file "
-                      "defining get_config(arg=None), e.g. configs/target/tiny.py.")
+def _load_file(path: str):
+  """The config file at `path`, executed as a module of its own (no folder is put on sys.path)."""
   name = "_dsv4_config_" + os.path.splitext(os.path.basename(path))[0]
   module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)
@@ -41,6 +37,22 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   except BaseException:
     del sys.modules[name]
     raise
+  return module
+
+
+def sibling(config_file: str, stem: str):
+  """The module `stem`.py beside `config_file`, for config files that share a table (configs/drafter/*.py read
+  drafter_scales.py): `sibling(__file__, "drafter_scales").config_for`."""
+  return _load_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), stem + ".py"))
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Imports the config file named by `spec` (`file.py` or `file.py:variant`) and returns its get_config(...)."""
+  path, variant = split_spec(spec)
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist (from spec {spec!r}); give a path to a .py file "
+                      "defining get_config(arg=None), e.g. configs/target/tiny.py.")
+  module = _load_file(path)
   get_config = getattr(module, "get_config", None)
   if not callable(get_config):
     raise ConfigError(f"config file {path!r} defines no get_config(arg=None) function.")

@@ -1,14 +1,17 @@
-"""Target config files: they load, validate and cover every ModelConfig field; bad values name the field."""
+"""Target config files: they load, validate and cover every ModelConfig field; bad values name the field. Drafter
+config files load at every scale without touching sys.path."""
 
 import dataclasses
+from pathlib import Path
 
 import ml_collections
 import pytest
 
-from dsv4.configs import load_config, model_config, split_spec
+from dsv4.configs import load_config, model_config, sibling, split_spec
 from dsv4.errors import ConfigError
 from dsv4.model.config import ModelConfig
 
+REPO = Path(__file__).resolve().parents[1]
 TARGETS = ("tiny", "small", "base", "v4_flash", "v4_pro")
 FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
@@ -134,3 +137,21 @@ def test_bad_value_names_field_from_config(change, field):
 def test_missing_model_section():
   with pytest.raises(ConfigError, match="no `model` section"):
     model_config(ml_collections.ConfigDict({"train": {"steps": 1}}))
+
+
+DRAFTERS = sorted(p.stem for p in (REPO / "configs/drafter").glob("*.py") if p.stem != "drafter_scales")
+
+
+@pytest.mark.parametrize("name", DRAFTERS)
+def test_drafter_configs_load_every_scale_and_leave_sys_path_alone(name):
+  """A config folder on sys.path would let its files (dspark.py, mtp.py, …) shadow modules of those names."""
+  import sys
+
+  from dsv4.training.distill_config import drafter_config
+  scales = sibling(str(REPO / "configs/drafter/dspark.py"), "drafter_scales").SCALES
+  before = list(sys.path)
+  for scale in scales:
+    config = load_config(f"{REPO}/configs/drafter/{name}.py:{scale}")
+    assert drafter_config(config).hidden_size > 0
+  assert sys.path == before
+  assert "sys.path" not in (REPO / "configs/drafter" / f"{name}.py").read_text()

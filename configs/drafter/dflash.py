@@ -5,14 +5,11 @@ DSpark's own loss terms (CE 0.1 + L1 0.9), so that DSpark against it isolates th
 `configs/drafter/dflash.py:small,target`.
 """
 
-import os
-import sys
+from dsv4.configs import sibling
+from dsv4.drafters.config import DFLASH_OBJECTIVES
+from dsv4.errors import ConfigError
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from drafter_scales import config_for  # noqa: E402
-
-from dsv4.drafters.config import DFLASH_OBJECTIVES  # noqa: E402
-from dsv4.errors import ConfigError  # noqa: E402
+config_for = sibling(__file__, "drafter_scales").config_for
 
 
 def get_config(arg=None):

@@ -1,10 +1,8 @@
 """DSpark (parallel block drafter + Markov head + confidence head): `configs/drafter/dspark.py:SCALE`."""
 
-import os
-import sys
+from dsv4.configs import sibling
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from drafter_scales import config_for  # noqa: E402
+config_for = sibling(__file__, "drafter_scales").config_for
 
 
 def get_config(arg=None):

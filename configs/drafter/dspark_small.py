@@ -1,10 +1,8 @@
 """DSpark at the small scale (the same as `configs/drafter/dspark.py:small`)."""
 
-import os
-import sys
+from dsv4.configs import sibling
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dspark import get_config as _dspark  # noqa: E402
+_dspark = sibling(__file__, "dspark").get_config
 
 
 def get_config(arg=None):

@@ -1,13 +1,10 @@
 """EAGLE-3 (one causal layer over embed + fused taps, training-time test over γ steps, soft-label CE):
 `configs/drafter/eagle3.py:SCALE`."""
 
-import os
-import sys
+from dsv4.configs import sibling
+from dsv4.drafters.config import EAGLE3
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from drafter_scales import config_for  # noqa: E402
-
-from dsv4.drafters.config import EAGLE3  # noqa: E402
+config_for = sibling(__file__, "drafter_scales").config_for
 
 
 def get_config(arg=None):

@@ -1,13 +1,10 @@
 """The target's own MTP module as a drafter, fine-tuned against the target (MTP-γ chains it on its output):
 `configs/drafter/mtp.py:SCALE`. The block size stays the scale's γ; `--config.drafter.block_size=1` is MTP-1."""
 
-import os
-import sys
+from dsv4.configs import sibling
+from dsv4.drafters.config import MTP
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from drafter_scales import config_for  # noqa: E402
-
-from dsv4.drafters.config import MTP  # noqa: E402
+config_for = sibling(__file__, "drafter_scales").config_for
 
 
 def get_config(arg=None):
