@@ -91,7 +91,7 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
   del model
   batch_sh = pretrain.batch_sharding(mesh, rules)
   train_step = pretrain.make_train_step(graphdef, optimizer, t, schedule, shardings, batch_sh)
-  eval_step = pretrain.make_eval_step(graphdef, t, shardings, batch_sh)
+  eval_step, place_for_eval = pretrain.make_validation(graphdef, t, shardings, batch_sh, state)
 
   ckpt = TrainCheckpointer(workdir / "checkpoints", every=t.checkpoint_every, keep=t.keep_checkpoints,
                            async_save=t.async_checkpoints)
@@ -132,7 +132,9 @@ def run(config, workdir: str | Path, provenance: dict | None = None) -> dict:
 
   def evaluate_at(state, done, metrics):
     # Periodic evaluations may use a prefix of the split; the final one uses all of it.
-    val_loss = evaluate(eval_step, state, val_factory, batch_sh, 0 if done == t.steps else t.eval_batches)
+    params, frozen = place_for_eval(state["params"], state["frozen"])
+    val_loss = evaluate(eval_step, {"params": params, "frozen": frozen}, val_factory, batch_sh,
+                        0 if done == t.steps else t.eval_batches)
     writer.scalars(done, {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))})
     report(f"step {done}: loss {metrics['loss']:.4f}  val_loss {val_loss:.4f}")
     return {"val_loss": val_loss}

@@ -1,7 +1,8 @@
 """Validation pass of the tiny target at 1 process × 8 CPU devices against 2 processes × 4 (jax.distributed, gloo):
-seconds per validation batch, for the pass as `pretrain_loop.evaluate` runs it now (running sums threaded through the
-eval step on the devices, fetched once) and as it ran before (a host round trip per batch), interleaved, plus the
-per-call seconds of the train step and of the eval step and the collectives XLA put in the eval step.
+seconds per validation batch, for the pass as the pretraining loop runs it now (weights gathered once per pass, running
+sums threaded through the eval step on the devices, fetched once) and as it ran before (weights sharded as training
+holds them, a host round trip per batch), interleaved, plus the per-call seconds of the train step and of the eval
+step either way and the collectives XLA put in the eval step.
 
   python experiments/multiprocess_validation/measure.py [--batches 8] [--reps 2] [--out DIR]
 
@@ -63,27 +64,39 @@ def worker(args) -> None:
   shardings = train_state.state_sharding(model, optimizer, mesh, rules)
   graphdef, state = train_state.init_state(model, optimizer, shardings)
   batch_sh = pretrain.batch_sharding(mesh, rules)
-  eval_step = pretrain.make_eval_step(graphdef, cfg.train, shardings, batch_sh)
+  fsdp_step = pretrain.make_eval_step(graphdef, cfg.train, shardings, batch_sh)
+  gathered_step, place = pretrain.make_validation(graphdef, cfg.train, shardings, batch_sh, state)
   factory = lambda: data_setup.val_stream(splits, cfg.data, model_cfg, cfg.train.batch_size)  # noqa: E731
-  variants = {"before": old_evaluate, "now": pretrain_loop.evaluate}
+
+  def now(max_batches):  # as pretrain_loop runs it: weights placed once per pass, then the threaded sums
+    params, frozen = place(state["params"], state["frozen"])
+    pretrain_loop.evaluate(gathered_step, {"params": params, "frozen": frozen}, factory, batch_sh, max_batches)
+
+  variants = {"before": lambda n: old_evaluate(fsdp_step, state, factory, batch_sh, n), "now": now}
   out = {"nproc": args.nproc, "val_batches": sum(1 for _ in factory()), "pass_s_per_batch": {k: [] for k in variants}}
   with jax.set_mesh(mesh):
     first = pretrain_loop._global_batch(next(iter(factory())), batch_sh)
-    hlo = eval_step.lower(state["params"], state["frozen"], first, pretrain.zero_sums()).compile().as_text()
-    out["eval_collectives"] = dict(Counter(re.findall(
-        r"= \S+ (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(?:-start)?\(", hlo)))
-    variants["now"](eval_step, state, factory, batch_sh, 1)  # compile
+    params, frozen = place(state["params"], state["frozen"])
+    for name, step, args_ in (("fsdp", fsdp_step, (state["params"], state["frozen"])),
+                              ("gathered", gathered_step, (params, frozen))):
+      hlo = step.lower(*args_, first, pretrain.zero_sums()).compile().as_text()
+      out[f"eval_collectives_{name}"] = dict(Counter(re.findall(
+          r"= \S+ (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(?:-start)?\(", hlo)))
+    for evaluate in variants.values():  # compile
+      evaluate(1)
     for _ in range(args.reps):  # interleaved: before, now, before, now, ...
       for name, evaluate in variants.items():
         tick = time.perf_counter()
-        evaluate(eval_step, state, factory, batch_sh, args.batches)
+        evaluate(args.batches)
         out["pass_s_per_batch"][name].append((time.perf_counter() - tick) / args.batches)
-    calls = []
-    for _ in range(3):
-      tick = time.perf_counter()
-      jax.block_until_ready(eval_step(state["params"], state["frozen"], first, pretrain.zero_sums()))
-      calls.append(time.perf_counter() - tick)
-    out["eval_call_s"] = sorted(calls)[1]
+    for name, step, args_ in (("fsdp", fsdp_step, (state["params"], state["frozen"])),
+                              ("gathered", gathered_step, (params, frozen))):
+      calls = []
+      for _ in range(3):
+        tick = time.perf_counter()
+        jax.block_until_ready(step(*args_, first, pretrain.zero_sums()))
+        calls.append(time.perf_counter() - tick)
+      out[f"eval_call_s_{name}"] = sorted(calls)[1]
     step = pretrain.make_train_step(graphdef, optimizer, cfg.train, learning_rate(cfg.train), shardings, batch_sh)
     step = step.lower(state, first).compile()
     calls = []
@@ -146,14 +159,18 @@ def main():
   for label, a, b in [
       *((f"validation pass, s per batch ({name}; min–max)", one["pass_s_per_batch"][name],
          two["pass_s_per_batch"][name]) for name in ("before", "now")),
-      ("eval step call, s", [one["eval_call_s"]], [two["eval_call_s"]]),
+      ("eval step call, weights sharded (FSDP), s", [one["eval_call_s_fsdp"]], [two["eval_call_s_fsdp"]]),
+      ("eval step call, weights gathered, s", [one["eval_call_s_gathered"]], [two["eval_call_s_gathered"]]),
       ("train step call, s", [one["train_step_s"]], [two["train_step_s"]])]:
     spread = lambda xs: f"{median(xs):.3f} ({min(xs):.3f}–{max(xs):.3f})" if len(xs) > 1 else f"{xs[0]:.3f}"  # noqa: E731
     rows.append(f"| {label} | {spread(a)} | {spread(b)} | {median(b) / median(a):.1f}× |")
   intro = (f"Tiny target, batch 8 × 256, {args.batches} validation batches per pass, {args.reps} passes per variant "
            f"(interleaved); validation split: {one['val_batches']} batches at 1 × 8, {two['val_batches']} at 2 × 4 "
            f"(each process packs its own documents; the shorter side pads). Load average {load_before:.2f} before, "
-           f"{load_after:.2f} after. Collectives in the eval step: {two['eval_collectives']}.")
+           f"{load_after:.2f} after. Collectives per eval call at 2 × 4, weights sharded: "
+           f"{two['eval_collectives_fsdp']}; "
+           f"gathered: {two['eval_collectives_gathered']}. Before: weights sharded as training holds them (FSDP), a "
+           "host round trip per batch. Now: weights gathered once per pass, sums threaded through the calls.")
   print(intro + "\n\n" + "\n".join(rows))
   if load_before < 1.5:  # the load at the end is mostly this script's own 8 device threads on 2 cores
     from dsv4.benchmarking import write_results

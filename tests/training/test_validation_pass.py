@@ -1,6 +1,7 @@
 """The pretraining loop's validation pass on the tiny target over 8 devices: the running sums it threads through the
 jitted eval step (so its batches run in order, which two processes need to start their collectives alike) pool to
-the same loss as a float64 next-token cross-entropy computed on the host from the full forward's logits."""
+the same loss as a float64 next-token cross-entropy computed on the host from the full forward's logits, with the
+weights sharded as training holds them and gathered once for the pass."""
 
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _host_cross_entropy(model, batches) -> float:
   return total / count
 
 
-def test_threaded_validation_sums_equal_a_host_cross_entropy_over_the_same_batches():
+def test_threaded_validation_sums_equal_a_host_cross_entropy_with_sharded_and_with_gathered_weights():
   config = load_config(str(REPO / "configs/target/tiny.py"))
   cfg = model_config(config)
   mesh, rules = mesh_from_config(config), rules_from_config(config)
@@ -57,12 +58,19 @@ def test_threaded_validation_sums_equal_a_host_cross_entropy_over_the_same_batch
   shardings = train_state.state_sharding(model, optimizer, mesh, rules)
   graphdef, state = train_state.init_state(model, optimizer, shardings)
   batch_sh = pretrain.batch_sharding(mesh, rules)
-  eval_step = pretrain.make_eval_step(graphdef, config.train, shardings, batch_sh)
   batches = _batches(cfg.vocab_size, 3)
-  with jax.set_mesh(mesh):
-    pooled = pretrain_loop.evaluate(eval_step, state, lambda: iter(batches), batch_sh, 0)
-    first_two = pretrain_loop.evaluate(eval_step, state, lambda: iter(batches), batch_sh, 2)
   reference = nnx.merge(graphdef, state["params"], state["frozen"])
-  np.testing.assert_allclose(pooled, _host_cross_entropy(reference, batches), rtol=2e-5)
-  np.testing.assert_allclose(first_two, _host_cross_entropy(reference, batches[:2]), rtol=2e-5)
-  assert abs(pooled - first_two) > 1e-4  # the third batch counts
+  expect_all, expect_two = _host_cross_entropy(reference, batches), _host_cross_entropy(reference, batches[:2])
+  assert abs(expect_all - expect_two) > 1e-4  # the third batch counts
+
+  fsdp = pretrain.make_eval_step(graphdef, config.train, shardings, batch_sh)
+  replicated, place = pretrain.make_validation(graphdef, config.train, shardings, batch_sh, state)
+  params, frozen = place(state["params"], state["frozen"])
+  assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(params))  # the tiny target is gathered
+  assert not all(x.sharding.is_fully_replicated for x in jax.tree.leaves(state["params"]))
+  with jax.set_mesh(mesh):
+    for step, weights in ((fsdp, state), (replicated, {"params": params, "frozen": frozen})):
+      pooled = pretrain_loop.evaluate(step, weights, lambda: iter(batches), batch_sh, 0)
+      first_two = pretrain_loop.evaluate(step, weights, lambda: iter(batches), batch_sh, 2)
+      np.testing.assert_allclose(pooled, expect_all, rtol=2e-5)
+      np.testing.assert_allclose(first_two, expect_two, rtol=2e-5)
