@@ -5,7 +5,7 @@ a typo'd override (`--config.train.stepz=10`) raises a chained KeyError/Attribut
 "Did you mean", a config file's `get_config` error (an unknown scale) arrives as a flags error quoting a whole
 traceback, and a missing config file is only reported when the script first reads the config. `run(main)` parses
 with `parse_flags`, which turns each of these into one line naming the flag and what to do, and exits 1 before
-`main` runs.
+`main` runs. `--help` prints the script's docstring and flags and exits 0 (absl's own exits 1).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from absl import app, flags
 
 FLAGS = flags.FLAGS
+_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
 
 
 def _config_flags() -> list[str]:
@@ -80,6 +81,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser with one-line errors (exit 1); returns the arguments left after the flags, as absl's does."""
   try:
     rest = FLAGS(argv)
+  except SystemExit:  # absl's help flags print the usage, then exit 1: asking for help is no error
+    if any(arg.lstrip("-").partition("=")[0] in _HELP_FLAGS for arg in argv[1:] if arg.startswith("-")):
+      sys.exit(0)
+    raise
   except flags.Error as e:
     message = str(e)
     if "Traceback" in message:  # a config file's get_config raised: keep the flag and the innermost message
