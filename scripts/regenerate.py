@@ -84,7 +84,6 @@ def main(argv):
   out = Path(_OUT.value).absolute()
   print(json.dumps({"out": str(out), "split": _SPLIT.value, "path": str(out / _SPLIT.value), "rows": manifest["rows"],
                     "response_tokens": manifest["response_tokens"], "seconds": manifest["seconds"]}))
-  return manifest
 
 
 if __name__ == "__main__":

@@ -32,9 +32,11 @@ def load(name: str):
   return script
 
 
-def run_main(script, argv: list[str], monkeypatch):
-  """`script.main` after parsing ARGV as its command line (sys.argv too, which scripts record)."""
+def run_main(script, argv: list[str], monkeypatch) -> None:
+  """`script.main` after parsing ARGV as its command line (sys.argv too, which scripts record). As under absl's
+  app.run, a value main returns becomes the exit status (SystemExit): a script's main returns nothing."""
   command = [str(SCRIPTS / f"{script.__name__.removesuffix('_script')}.py"), *map(str, argv)]
   monkeypatch.setattr(sys, "argv", command)
   flags.FLAGS.unparse_flags()
-  return script.main(cli.parse_flags(command))
+  if (status := script.main(cli.parse_flags(command))) is not None:
+    sys.exit(status)

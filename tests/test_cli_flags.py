@@ -85,12 +85,29 @@ def imported_modules(path: Path) -> set[str]:
   return found
 
 
+def main_returns(path: Path) -> list[str]:
+  """The `return VALUE` statements of a script's main (not of functions nested in it): absl's app.run exits with
+  main's value, so a returned dict would end a finished run with status 1."""
+  main = next(node for node in ast.parse(path.read_text()).body
+              if isinstance(node, ast.FunctionDef) and node.name == "main")
+  found, todo = [], list(main.body)
+  while todo:
+    node = todo.pop()
+    if isinstance(node, ast.Return) and node.value is not None:
+      found.append(ast.unparse(node))
+    elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+      todo.extend(ast.iter_child_nodes(node))
+  return found
+
+
 def test_every_script_parses_its_command_line_with_absl_through_dsv4_cli():
-  """One flag library: no script imports argparse, and each one's entry point is `cli.run` (one-line errors)."""
+  """One flag library: no script imports argparse, each one's entry point is `cli.run` (one-line errors), and no
+  main returns a value (absl would make it the exit status)."""
   assert len(SCRIPTS) >= 17
   for path in SCRIPTS:
     assert "argparse" not in imported_modules(path), f"{path.name} imports argparse; define its flags with absl"
     assert "cli.run(" in path.read_text(), f"{path.name}: its entry point should be dsv4.cli.run(main)"
+    assert main_returns(path) == [], f"{path.name}: main returns a value, which absl makes the exit status"
 
 
 @pytest.mark.parametrize("script", [p.name for p in SCRIPTS])
