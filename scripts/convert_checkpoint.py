@@ -32,19 +32,14 @@ _SRC = flags.DEFINE_string("src", None, "source directory, .gguf file or known m
 _DST = flags.DEFINE_string("dst", None, "destination directory (must not exist unless --overwrite)")
 _TO_HF = flags.DEFINE_bool("to-hf", False, "dsv4 checkpoint or GGUF → transformers format")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace --dst if it exists")
-_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
-_NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
-_PID = flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+_START_DISTRIBUTED = cli.multiprocess_flags()
 flags.mark_flags_as_required(["src", "dst"])
 
 
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag (see --help)")
-  try:
-    distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  _START_DISTRIBUTED()
   to_hf, overwrite = _TO_HF.value, _OVERWRITE.value
   src, dst = Path(_SRC.value), Path(_DST.value)
   gguf = is_gguf(_SRC.value)

@@ -40,9 +40,7 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "sample among the k likeliest tokens (0: all)")
 flags.DEFINE_integer("seed", 0, "sampling seed (and the random weights' seed with --config)")
 _EOS = flags.DEFINE_integer("eos_id", None, "stop a prompt at this token (default with --chat: the end of turn)")
-_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
-_NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
-_PID = flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+_START_DISTRIBUTED = cli.multiprocess_flags()
 
 
 def load_model(args):
@@ -111,10 +109,7 @@ def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}; quote a prompt with spaces: --prompt \"...\"")
   args = flags.FLAGS  # --model, --checkpoint, --config, --tokenizer, --seed, read by the helpers above
-  try:
-    distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  _START_DISTRIBUTED()
   eos_id = _EOS.value
 
   if (problem := missing_model(args)) is not None:

@@ -129,3 +129,16 @@ def test_a_missing_required_flag_and_a_stray_argument_are_one_line_each():
                         "--eval_sets", "a.jsonl", "b.jsonl"], capture_output=True, text=True, cwd=ROOT, timeout=120)
   error = one_error_line(out)
   assert "['b.jsonl']" in error and "its own --eval_sets" in error, error
+
+
+@pytest.mark.parametrize("script, args", [
+    ("convert_checkpoint.py", ["--src", "a", "--dst", "b"]),
+    ("train_target.py", ["--config", ROOT / "configs" / "target" / "tiny.py", "--workdir", "w"])])
+def test_the_multiprocess_flags_are_checked_before_anything_starts(script, args, tmp_path):
+  """cli.multiprocess_flags: --num_processes without the coordinator and this process's index is one line."""
+  out = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, args), "--num_processes", "2"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  error = one_error_line(out)
+  assert "--num_processes=2 also needs --coordinator_address and --process_id" in error, error
+  assert sorted(tmp_path.iterdir()) == []  # no workdir, no destination
