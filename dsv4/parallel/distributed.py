@@ -1,11 +1,11 @@
 """Multi-process start-up: JAX's own multi-controller runtime (`jax.distributed`), nothing home-made.
 
 The multi-process scripts (training, generate, convert_checkpoint) take `--coordinator_address`, `--num_processes`,
-`--process_id` as absl flags and pass them to `initialize`; `add_flags` gives an argparse parser the same three (the
-multi-process test workers). With more than one process they call `jax.distributed.initialize` (on CPU with gloo
-collectives, so the same code runs on a laptop). With none given, clusters that JAX recognises by their environment
-(Cloud TPU pods, SLURM, ...) are initialised with no arguments; otherwise the run stays single-process. Only
-process 0 writes logs (`is_main`).
+`--process_id` as absl flags (`dsv4.cli.multiprocess_flags`), which they pass to `initialize`; `add_flags` gives an
+argparse parser the same three (the multi-process test workers). With more than one process they call
+`jax.distributed.initialize` (on CPU with gloo collectives, so the same code runs on a laptop). With none given,
+clusters that JAX recognises by their environment (Cloud TPU pods, SLURM, ...) are initialised with no arguments;
+otherwise the run stays single-process. Only process 0 writes logs (`is_main`).
 """
 
 from __future__ import annotations
