@@ -15,20 +15,18 @@ from absl import flags
 from dsv4 import cli
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-_LOADED: set[str] = set()  # module names of the scripts loaded here, whose flags are on flags.FLAGS
+_DEFINED: set[str] = set()  # the flags the scripts loaded here defined on flags.FLAGS
 
 
 def load(name: str):
   """scripts/NAME.py as a module (`NAME_script`), its flags defined afresh."""
-  by_module = flags.FLAGS.flags_by_module_dict()
-  for module in _LOADED:
-    for flag in list(by_module.get(module, ())):
-      if flag.name in flags.FLAGS:
-        delattr(flags.FLAGS, flag.name)
+  for flag in _DEFINED & set(flags.FLAGS):
+    delattr(flags.FLAGS, flag)
+  before = set(flags.FLAGS)
   spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
   script = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(script)
-  _LOADED.add(spec.name)
+  _DEFINED.update(set(flags.FLAGS) - before)
   return script
 
 
