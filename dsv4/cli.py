@@ -5,7 +5,8 @@ a typo'd override (`--config.train.stepz=10`) raises a chained KeyError/Attribut
 "Did you mean", a config file's `get_config` error (an unknown scale) arrives as a flags error quoting a whole
 traceback, and a missing config file is only reported when the script first reads the config. `run(main)` parses
 with `parse_flags`, which turns each of these into one line naming the flag and what to do, and exits 1 before
-`main` runs.
+`main` runs. `--help` prints the script's docstring and flags and exits 0 (absl's own exits 1).
+`multiprocess_flags()` gives a script the three `jax.distributed` flags once, here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 from absl import app, flags
 
 FLAGS = flags.FLAGS
+flags.disclaim_key_flags()  # flags defined through this module belong to the script calling it (its --help)
+_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
 
 
 def _config_flags() -> list[str]:
@@ -80,6 +83,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser with one-line errors (exit 1); returns the arguments left after the flags, as absl's does."""
   try:
     rest = FLAGS(argv)
+  except SystemExit:  # absl's help flags print the usage, then exit 1: asking for help is no error
+    if any(arg.lstrip("-").partition("=")[0] in _HELP_FLAGS for arg in argv[1:] if arg.startswith("-")):
+      sys.exit(0)
+    raise
   except flags.Error as e:
     message = str(e)
     if "Traceback" in message:  # a config file's get_config raised: keep the flag and the innermost message
@@ -98,6 +105,22 @@ def parse_flags(argv: list[str]) -> list[str]:
     if isinstance(error, BaseException):
       sys.exit(f"error: {_config_file_error(name, error, argv)}")
   return rest
+
+
+def multiprocess_flags() -> Callable[[], bool]:
+  """Defines --coordinator_address, --num_processes, --process_id; returns `start()`, which starts
+  `jax.distributed` from them (dsv4.parallel.distributed.initialize; a bad combination is one `error:` line)."""
+  coordinator = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
+  processes = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
+  process_id = flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+
+  def start() -> bool:
+    from dsv4.parallel import distributed
+    try:
+      return distributed.initialize(coordinator.value, processes.value, process_id.value)
+    except ValueError as e:
+      sys.exit(f"error: {e}")
+  return start
 
 
 def run(main: Callable[[list[str]], object]) -> None:

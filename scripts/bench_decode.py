@@ -24,25 +24,55 @@ and a final JSON line with `decode_speedup_vs_transformers` (and the prefill and
 `verify_cost_vs_one` per n, as {median, min, max, q1, q3, n} or {refused: reason}, and `goals`.
 """
 
-import argparse
 import functools
 import json
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from flax import nnx
 
 import dsv4
 from dsv4 import benchmarking as bm
+from dsv4 import cli
 from dsv4.configs import load_config, model_config
 from dsv4.inference.generate import prefill
 from dsv4.io.hf import save_pretrained
 
 VERIFY_NS = (1, 2, 4, 8, 16)
+
+
+def _ns_ok(values) -> bool:
+  """--verify_ns: token counts ≥ 1 that include 1 (the baseline), or none at all."""
+  try:
+    ns = [int(v) for v in values or ()]
+  except ValueError:
+    return False
+  return all(n >= 1 for n in ns) and (not ns or 1 in ns)
+
+
+_CONFIG = flags.DEFINE_string("config", "configs/target/small.py", "random V4 target of this config (or --model)")
+_MODEL = flags.DEFINE_string("model", None, "real target: installed model name, .gguf file or transformers dir")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 128, "prompt tokens")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "generated tokens N")
+flags.register_validator("new_tokens", lambda n: n >= 2, "--new_tokens must be ≥ 2 (the per-token time is "
+                         "(t_N − t_1) / (N − 1))")
+_VERIFY_NS = flags.DEFINE_list("verify_ns", None, "tokens per verifying extend, comma-separated (default: "
+                               "1,2,4,8,16 with --model, none with --config)")
+flags.register_validator("verify_ns", _ns_ok, "token counts ≥ 1, including 1 (the baseline), e.g. 1,2,4,8,16")
+_VERIFY_PREFIX = flags.DEFINE_integer("verify_prefix", None, "prompt prefix before the extend (default --prompt_len)")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "timed repetitions of each variant")
+flags.register_validator("repeats", lambda r: r >= bm.MIN_REPEATS,
+                         f"--repeats must be ≥ {bm.MIN_REPEATS} (a median with its spread)")
+_SEED = flags.DEFINE_integer("seed", 0, "seed of the random weights and prompts")
+_PEER_PROCESS = flags.DEFINE_bool("peer_process", False, "run transformers in its own process")
+_ALLOW_LOAD = flags.DEFINE_bool("allow_load", False, "record results even on a busy machine")
+_OUT = flags.DEFINE_string("out", None, "folder to write results.md into")
 
 
 @functools.cache
@@ -92,7 +122,7 @@ def verify_variants(model, prefix: list, ns, seed: int) -> dict:
   return {f"extend n={n}": functools.partial(_verify, graphdef, params, state, blocks[n]) for n in ns}
 
 
-def _load_model(p, args, tmp: str):
+def _load_model(args, tmp: str):
   """(dsv4 model, peer's model_dir, peer's gguf_file, what was loaded) for --config (random V4, exported to tmp)
   or --model (a real model, read by both sides from the same file)."""
   from dsv4.io.gguf_models import resolve
@@ -106,13 +136,13 @@ def _load_model(p, args, tmp: str):
     return ours, model_dir, None, f"random weights from {args.config}"
   fmt = target_format(args.model)
   if fmt not in ("gguf", "transformers"):
-    p.error(f"--model {args.model}: needs an installed model name (smollm2-135m-instruct), a .gguf file or a "
-            "transformers directory (config.json + safetensors), which transformers can load too.")
+    sys.exit(f"error: --model {args.model}: needs an installed model name (smollm2-135m-instruct), a .gguf file or a "
+             "transformers directory (config.json + safetensors), which transformers can load too.")
   cfg, _ = read_target_config(args.model)
   need = max(args.prompt_len + args.new_tokens, args.verify_prefix + max(args.verify_ns, default=0))
   if need > cfg.max_position_embeddings:
-    p.error(f"--model {args.model}: prompt and generated tokens ({need}) exceed its max_position_embeddings "
-            f"({cfg.max_position_embeddings}); lower --prompt_len, --new_tokens or --verify_prefix.")
+    sys.exit(f"error: --model {args.model}: prompt and generated tokens ({need}) exceed its max_position_embeddings "
+             f"({cfg.max_position_embeddings}); lower --prompt_len, --new_tokens or --verify_prefix.")
   ours = load_target(args.model, fmt)
   if fmt == "gguf":
     path = resolve(args.model)
@@ -120,48 +150,28 @@ def _load_model(p, args, tmp: str):
   return ours, str(Path(args.model).absolute()), None, f"{args.model} (float32)"
 
 
-def _ns(text: str) -> tuple[int, ...]:
-  ns = tuple(int(t) for t in text.split(",") if t.strip())
-  if any(n < 1 for n in ns) or (ns and 1 not in ns):
-    raise argparse.ArgumentTypeError(f"{text!r}: token counts ≥ 1, including 1 (the baseline), e.g. 1,2,4,8,16")
-  return ns
-
-
 def _goal(figure: dict, holds) -> bool | None:
   return None if "refused" in figure else bool(holds(figure["median"]))
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  src = p.add_mutually_exclusive_group()
-  src.add_argument("--config", default="configs/target/small.py", help="random V4 target of this config")
-  src.add_argument("--model", default=None, help="real target: installed model name, .gguf file or transformers dir")
-  p.add_argument("--prompt_len", type=int, default=128)
-  p.add_argument("--new_tokens", type=int, default=64)
-  p.add_argument("--verify_ns", type=_ns, default=None, help="tokens per verifying extend (default: 1,2,4,8,16 "
-                 "with --model, none with --config)")
-  p.add_argument("--verify_prefix", type=int, default=None, help="prompt prefix before the extend (default "
-                 "--prompt_len)")
-  p.add_argument("--repeats", type=int, default=7)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--peer_process", action="store_true", help="run transformers in its own process")
-  p.add_argument("--allow_load", action="store_true", help="record results even on a busy machine")
-  p.add_argument("--out", default=None, help="folder to write results.md into")
-  args = p.parse_args(argv)
-  if args.repeats < bm.MIN_REPEATS:
-    p.error(f"--repeats must be ≥ {bm.MIN_REPEATS} (a median with its spread)")
-  if args.new_tokens < 2:
-    p.error("--new_tokens must be ≥ 2 (the per-token time is (t_N − t_1) / (N − 1))")
-  if args.verify_ns is None:
-    args.verify_ns = VERIFY_NS if args.model else ()
-  args.verify_prefix = args.prompt_len if args.verify_prefix is None else args.verify_prefix
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}; e.g. --verify_ns 1,2,4 (comma-separated, no spaces)")
+  if flags.FLAGS["config"].present and _MODEL.value is not None:
+    sys.exit("error: --config and --model are alternatives (random V4 weights or a real target); give one")
+  verify_ns = VERIFY_NS if _VERIFY_NS.value is None and _MODEL.value else tuple(int(n) for n in _VERIFY_NS.value or ())
+  args = types.SimpleNamespace(
+      config=_CONFIG.value, model=_MODEL.value, prompt_len=_PROMPT_LEN.value, new_tokens=_NEW_TOKENS.value,
+      verify_ns=verify_ns, verify_prefix=_PROMPT_LEN.value if _VERIFY_PREFIX.value is None else _VERIFY_PREFIX.value,
+      repeats=_REPEATS.value, seed=_SEED.value, peer_process=_PEER_PROCESS.value, allow_load=_ALLOW_LOAD.value,
+      out=_OUT.value)
   if args.verify_ns and args.verify_prefix < 1:
-    p.error("--verify_prefix must be ≥ 1 (a decode state holds at least one prompt token)")
+    sys.exit("error: --verify_prefix must be ≥ 1 (a decode state holds at least one prompt token)")
 
   N = args.new_tokens
   log = lambda m: print(f"[bench_decode] {m}", file=sys.stderr, flush=True)  # noqa: E731
   with tempfile.TemporaryDirectory() as tmp:
-    ours, model_dir, gguf_file, what = _load_model(p, args, tmp)
+    ours, model_dir, gguf_file, what = _load_model(args, tmp)
     vocab = ours.config.vocab_size
     prompt = np.random.default_rng(args.seed).integers(2, vocab, args.prompt_len).tolist()
     variants = {f"dsv4 {n}": (lambda n=n: dsv4.generate(ours, [prompt], max_new_tokens=n)[0]) for n in (1, N)}
@@ -222,7 +232,7 @@ def main(argv=None):
               "in one jitted extend; cost = extend(n) / extend(1), ratio of medians with the per-repetition spread."
               if args.verify_ns else "")
     result["results_md"] = str(bm.write_results(
-        args.out, "scripts/bench_decode.py", argv,
+        args.out, "scripts/bench_decode.py", sys.argv[1:],
         f"Weights: {what}; the same weights and prompt ({args.prompt_len} tokens) on both sides, greedy, batch 1, "
         f"CPU. Each cell is the median (min–max, IQR) of {args.repeats} interleaved repetitions after a warm-up; "
         f"transformers runs {'in its own process' if args.peer_process else 'in the same process, while JAX is idle'}"
@@ -234,4 +244,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  bm.run_or_refuse(main)
+  cli.run(lambda argv: bm.run_or_refuse(main, argv))

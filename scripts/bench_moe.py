@@ -12,16 +12,17 @@ the per-repetition spread, or {refused: reason} inside the noise) per token coun
 output difference of each path against dense.
 """
 
-import argparse
 import json
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from flax import nnx
 
 from dsv4 import benchmarking as bm
+from dsv4 import cli
 from dsv4.configs import load_config, model_config
 from dsv4.kernels.tiled_moe import n_tiles, tile_layout, tile_size  # noqa: E402
 from dsv4.model.moe import MoE
@@ -30,14 +31,23 @@ PATHS = ("dense", "ragged_dot", "tiled")
 PASSES = ("fwd", "fwd_bwd")
 
 
-def parse_tokens(text):
+
+def _positive_ints(values) -> bool:
   try:
-    tokens = tuple(int(v) for v in text.split(",") if v)
+    return bool(values) and min(int(v) for v in values) >= 1
   except ValueError:
-    tokens = ()
-  if not tokens or min(tokens) < 1:
-    raise argparse.ArgumentTypeError(f"--tokens wants positive integers separated by commas, got {text!r}")
-  return tokens
+    return False
+
+
+_CONFIG = flags.DEFINE_string("config", "configs/target/small.py", "target config whose MoE layer is timed")
+_TOKENS = flags.DEFINE_list("tokens", ["128", "512"], "token counts per batch, comma-separated, e.g. 128,512")
+flags.register_validator("tokens", _positive_ints, "--tokens wants positive integers separated by commas, e.g. 128,512")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "timed repetitions of each function")
+flags.register_validator("repeats", lambda r: r >= bm.MIN_REPEATS,
+                         f"--repeats must be ≥ {bm.MIN_REPEATS} (a median with its spread)")
+_SEED = flags.DEFINE_integer("seed", 0, "seed of the layer's weights and inputs")
+_ALLOW_LOAD = flags.DEFINE_bool("allow_load", False, "record results even on a busy machine")
+_OUT = flags.DEFINE_string("out", None, "folder to write results.md into")
 
 
 def build_fns(moe):
@@ -58,32 +68,24 @@ def build_fns(moe):
   return params, fns
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", default="configs/target/small.py")
-  p.add_argument("--tokens", type=parse_tokens, default=(128, 512), help="token counts per batch, e.g. 128,512")
-  p.add_argument("--repeats", type=int, default=7)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--allow_load", action="store_true", help="record results even on a busy machine")
-  p.add_argument("--out", default=None, help="folder to write results.md into")
-  args = p.parse_args(argv)
-  if args.repeats < bm.MIN_REPEATS:
-    p.error(f"--repeats must be ≥ {bm.MIN_REPEATS} (a median with its spread)")
-
-  cfg = model_config(load_config(args.config))
-  moe = MoE(cfg, is_hash=False, rngs=nnx.Rngs(args.seed), dtype=jnp.float32, param_dtype=jnp.float32)
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}; e.g. --tokens 128,512 (comma-separated, no spaces)")
+  out = _OUT.value
+  cfg = model_config(load_config(_CONFIG.value))
+  moe = MoE(cfg, is_hash=False, rngs=nnx.Rngs(_SEED.value), dtype=jnp.float32, param_dtype=jnp.float32)
   params, fns = build_fns(moe)
   E, K, D = cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.hidden_size
-  rows, result = [], {"config": args.config, "backend": jax.default_backend(), "experts": E, "top_k": K,
-                      "hidden": D, "moe_intermediate": cfg.moe_intermediate_size, "repeats": args.repeats,
+  rows, result = [], {"config": _CONFIG.value, "backend": jax.default_backend(), "experts": E, "top_k": K,
+                      "hidden": D, "moe_intermediate": cfg.moe_intermediate_size, "repeats": _REPEATS.value,
                       "default_path": {}, "ms": {}, "tiled_speedup_vs_ragged": {}, "tiled_speedup_vs_dense": {},
                       "max_abs_diff_vs_dense": {}, "tiles": {}}
   loads = []
-  for T in args.tokens:
+  for T in (int(t) for t in _TOKENS.value):
     print(f"[bench_moe] {T} tokens: compiling and timing {len(fns)} functions ...", file=sys.stderr, flush=True)
-    x = jax.random.normal(jax.random.key(args.seed + 1), (1, T, D), jnp.float32)
+    x = jax.random.normal(jax.random.key(_SEED.value + 1), (1, T, D), jnp.float32)
     timings = bm.time_interleaved({f"{i} {ps}": (lambda f=fn, x=x: f(params, x)) for (i, ps), fn in fns.items()},
-                                  args.repeats, on_high_load=bm.load_mode(bool(args.out), args.allow_load))
+                                  _REPEATS.value, on_high_load=bm.load_mode(bool(out), _ALLOW_LOAD.value))
     loads.append(f"{T} tokens: {timings.load_line()}")
     result.setdefault("load", {})[str(T)] = {k: v for k, v in timings.to_dict().items() if k.startswith("load")}
     ms = {key: 1e3 * timings.samples[f"{key[0]} {key[1]}"] for key in fns}
@@ -108,12 +110,12 @@ def main(argv=None):
   table = bm.markdown_table(("tokens", "pass", "dense (ms)", "ragged_dot (ms)", "tiled (ms)", "tiled vs ragged_dot",
                              "tiled vs dense"), rows)
   print("\n".join(table) + "\n" + "\n".join(loads))
-  if args.out:
+  if out:
     path = bm.write_results(
-        args.out, "scripts/bench_moe.py", argv,
-        f"One MoE layer of `{args.config}` ({E} experts, top-{K}, hidden {D}, expert intermediate "
+        out, "scripts/bench_moe.py", sys.argv[1:],
+        f"One MoE layer of `{_CONFIG.value}` ({E} experts, top-{K}, hidden {D}, expert intermediate "
         f"{cfg.moe_intermediate_size}, fp32), whole layer jitted (router, routed experts, shared expert); forward and "
-        f"forward+backward (gradients of params and input). Each cell is the median (min–max, IQR) of {args.repeats} "
+        f"forward+backward (gradients of params and input). Each cell is the median (min–max, IQR) of {_REPEATS.value} "
         f"repetitions after a warm-up, the six functions interleaved each repetition, one process, backend "
         f"`{jax.default_backend()}`. Ratios are the other path's time over tiled's: the ratio of medians with the "
         "spread of the per-repetition ratios; a refused cell was inside the noise.\n\n" + "\n".join(
@@ -123,4 +125,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  bm.run_or_refuse(main)
+  cli.run(lambda argv: bm.run_or_refuse(main, argv))

@@ -12,16 +12,18 @@ donations), per device. Prints a table and a final JSON line with tokens/s of ea
 `online_over_offline_time` ({median, min, max, q1, q3, n} or {refused: reason}).
 """
 
-import argparse
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from absl import flags
 from flax import nnx
 
 from dsv4 import benchmarking as bm
+from dsv4 import cli
 from dsv4.configs import load_config
 from dsv4.data.anchors import batch_anchors
 from dsv4.drafters.build import build_drafter
@@ -30,23 +32,24 @@ from dsv4.training import data_setup, distill, feature_cache, train_state
 from dsv4.training.distill_config import drafter_config
 from dsv4.training.optimizer import learning_rate, make_optimizer
 
+_CONFIG = flags.DEFINE_string("config", "configs/drafter/dspark_small.py", "drafter config[:scale] whose step is timed")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed steps of each mode")
+flags.register_validator("repeats", lambda r: r >= bm.MIN_REPEATS,
+                         f"--repeats must be ≥ {bm.MIN_REPEATS} (a median with its spread)")
+_ALLOW_LOAD = flags.DEFINE_bool("allow_load", False, "record results even on a busy machine")
+_OUT = flags.DEFINE_string("out", None, "folder to write results.md into")
+
 
 def peak_bytes(compiled) -> int:
   m = compiled.memory_analysis()
   return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", default="configs/drafter/dspark_small.py")
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--allow_load", action="store_true", help="record results even on a busy machine")
-  p.add_argument("--out", default=None, help="folder to write results.md into")
-  args = p.parse_args(argv)
-  if args.repeats < bm.MIN_REPEATS:
-    p.error(f"--repeats must be ≥ {bm.MIN_REPEATS} (a median with its spread)")
-
-  config = load_config(args.config)
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag (see --help)")
+  out = _OUT.value
+  config = load_config(_CONFIG.value)
   dcfg, t, d = drafter_config(config), config.train, config.data
   target = load_target(config.target.path)
   if not d.tokenizer and tokenizer_path(config.target.path):
@@ -83,7 +86,7 @@ def main(argv=None):
       return box["sums"]
     steps[mode] = run
     results[mode] = {"peak_bytes": peak_bytes(compiled), "box": box}
-  timings = bm.time_interleaved(steps, args.repeats, on_high_load=bm.load_mode(bool(args.out), args.allow_load))
+  timings = bm.time_interleaved(steps, _REPEATS.value, on_high_load=bm.load_mode(bool(out), _ALLOW_LOAD.value))
   for r in results.values():
     sums = r.pop("box")["sums"]
     r["loss"] = float(sums["loss"] / sums["weight"])
@@ -102,9 +105,9 @@ def main(argv=None):
       ("step memory (MiB, XLA)", f"{on['peak_bytes'] / 2**20:.1f}", f"{off['peak_bytes'] / 2**20:.1f}",
        f"{on['peak_bytes'] / off['peak_bytes']:.2f}×"),
       ("bytes read per token", f"{bpt['online']}", f"{bpt['offline']}", f"{bpt['online'] / bpt['offline']:.3f}×")])
-  result = {"config": args.config, "kind": dcfg.kind, "batch_size": t.batch_size, "seq_len": d.seq_len,
+  result = {"config": _CONFIG.value, "kind": dcfg.kind, "batch_size": t.batch_size, "seq_len": d.seq_len,
             "tokens_per_step": tokens, "blocks_per_step": int(batch["keep"].sum()), "block_size": dcfg.block_size,
-            "repeats": args.repeats, "devices": jax.device_count(),
+            "repeats": _REPEATS.value, "devices": jax.device_count(),
             **{k: v for k, v in timings.to_dict().items() if k != "seconds"},
             "online_step_s": step_cells[0][1], "offline_step_s": step_cells[1][1],
             "online_tokens_per_s": tps_cells[0][1], "offline_tokens_per_s": tps_cells[1][1],
@@ -112,15 +115,16 @@ def main(argv=None):
             "online_over_offline_time": time_ratio[1], "bytes_per_token": bpt,
             "loss_after": {"online": on["loss"], "offline": off["loss"]}}
   print("\n".join(table) + "\n" + timings.load_line())
-  if args.out:
-    bm.write_results(args.out, "scripts/bench_train_drafter.py", argv,
+  if out:
+    bm.write_results(out, "scripts/bench_train_drafter.py", sys.argv[1:],
                      f"One {dcfg.kind} training step (batch {t.batch_size} × {d.seq_len} tokens, "
                      f"{result['blocks_per_step']} blocks of {dcfg.block_size}) from the same state, batch and "
-                     f"anchors; each cell is the median (min–max, IQR) of {args.repeats} steps after warm-up, the two "
+                     f"anchors; each cell is the median (min–max, IQR) of {_REPEATS.value} steps after warm-up, the "
+                     "two "
                      "modes interleaved, one process, CPU; the ratio is the ratio of medians with the spread of the "
                      "per-repetition ratios, refused inside the noise.\n\n" + timings.load_line(), table, result)
   print(json.dumps(result))
 
 
 if __name__ == "__main__":
-  bm.run_or_refuse(main)
+  cli.run(lambda argv: bm.run_or_refuse(main, argv))

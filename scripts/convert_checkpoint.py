@@ -10,12 +10,15 @@ A GGUF source (a .gguf file or a known model name) is dequantised to float32 wit
 undone; its tokenizer (and, for transformers' format, its chat template) is written next to the weights.
 """
 
-import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
+from absl import flags
+
+from dsv4 import cli
 from dsv4.io.checkpoint import load_model, save_model
 from dsv4.io.gguf import GGUFFile
 from dsv4.io.gguf import from_pretrained as gguf_from_pretrained
@@ -25,53 +28,58 @@ from dsv4.io.hf import from_pretrained, save_pretrained
 from dsv4.io.target import is_gguf
 from dsv4.parallel import distributed
 
+_SRC = flags.DEFINE_string("src", None, "source directory, .gguf file or known model name (GGUF)")
+_DST = flags.DEFINE_string("dst", None, "destination directory (must not exist unless --overwrite)")
+_TO_HF = flags.DEFINE_bool("to-hf", False, "dsv4 checkpoint or GGUF → transformers format")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace --dst if it exists")
+_START_DISTRIBUTED = cli.multiprocess_flags()
+flags.mark_flags_as_required(["src", "dst"])
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--src", required=True, help="source directory, .gguf file or known model name (GGUF)")
-  p.add_argument("--dst", required=True, help="destination directory (must not exist unless --overwrite)")
-  p.add_argument("--to-hf", action="store_true", help="dsv4 checkpoint or GGUF → transformers format")
-  p.add_argument("--overwrite", action="store_true")
-  args = distributed.parse_args(p, argv)
-  src, dst = Path(args.src), Path(args.dst)
-  gguf = is_gguf(args.src)
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag (see --help)")
+  _START_DISTRIBUTED()
+  to_hf, overwrite = _TO_HF.value, _OVERWRITE.value
+  src, dst = Path(_SRC.value), Path(_DST.value)
+  gguf = is_gguf(_SRC.value)
   if not src.exists() and not gguf:
-    p.error(f"--src {src}: does not exist (nor is it a known model name: {', '.join(sorted(MODELS))})")
-  if dst.exists() and not args.overwrite:
-    p.error(f"--dst {dst}: exists; pass --overwrite to replace it")
+    sys.exit(f"error: --src {src}: does not exist (nor is it a known model name: {', '.join(sorted(MODELS))})")
+  if dst.exists() and not overwrite:
+    sys.exit(f"error: --dst {dst}: exists; pass --overwrite to replace it")
   t0 = time.time()
   if gguf:
     try:
-      if args.to_hf:
-        gguf_to_hf_dir(src, dst, overwrite=args.overwrite)
+      if to_hf:
+        gguf_to_hf_dir(src, dst, overwrite=overwrite)
         layers = json.loads((dst / "config.json").read_text())["num_hidden_layers"]
       else:
         model = gguf_from_pretrained(src)
-        save_model(model, dst, overwrite=args.overwrite)
+        save_model(model, dst, overwrite=overwrite)
         tokenizer = GGUFFile(resolve(src)).tokenizer()  # None when the file carries none
         if tokenizer is not None and distributed.is_main():
           tokenizer.tokenizer.save(str(dst / "tokenizer.json"))  # generate.py --checkpoint finds it there
         layers = model.config.num_hidden_layers
     except (ValueError, FileNotFoundError) as e:  # unknown name, missing wheel, bad GGUF: one clear line
-      p.error(str(e))
+      sys.exit(f"error: {e}")
     if distributed.is_main():
-      print(json.dumps({"src": str(src), "dst": str(dst), "direction": "gguf->hf" if args.to_hf else "gguf->dsv4",
+      print(json.dumps({"src": str(src), "dst": str(dst), "direction": "gguf->hf" if to_hf else "gguf->dsv4",
                         "num_hidden_layers": layers, "seconds": round(time.time() - t0, 2)}))
     return
-  if args.to_hf:
+  if to_hf:
     model = load_model(src)
     if distributed.is_main():  # one writer for plain safetensors files
-      save_pretrained(model, dst, overwrite=args.overwrite)
+      save_pretrained(model, dst, overwrite=overwrite)
   else:
     model = from_pretrained(src)
-    save_model(model, dst, overwrite=args.overwrite)  # orbax saves collectively across processes
+    save_model(model, dst, overwrite=overwrite)  # orbax saves collectively across processes
   if not distributed.is_main():
     return
   if (src / "tokenizer.json").is_file():  # the tokenizer travels with the weights, as a GGUF's does
     shutil.copyfile(src / "tokenizer.json", dst / "tokenizer.json")
-  print(json.dumps({"src": str(src), "dst": str(dst), "direction": "dsv4->hf" if args.to_hf else "hf->dsv4",
+  print(json.dumps({"src": str(src), "dst": str(dst), "direction": "dsv4->hf" if to_hf else "hf->dsv4",
                     "num_hidden_layers": model.config.num_hidden_layers, "seconds": round(time.time() - t0, 2)}))
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

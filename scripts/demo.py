@@ -15,12 +15,12 @@ drafts marked (runs/demo/smollm2_conditional_acceptance.png). The stage is skipp
 that drafter or the wheel is not installed.
 """
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
+from dsv4 import cli
 from dsv4.data.corpus import DEFAULT_CORPUS_DIR, ensure_corpus, load_corpus
 from dsv4.data.tokenizer import load_tokenizer
 from dsv4.evaluation.prompt_sets import PromptSet, load_prompt_set, renderer
@@ -47,8 +47,9 @@ def bold(text: str) -> str:
   return f"\033[1m{text}\033[0m" if sys.stdout.isatty() else f"[{text}]"
 
 
-def main():
-  argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}; the demo takes no arguments (see --help)")
   provenance = json.loads((TARGET / "provenance.json").read_text())
   print(f"target: {TARGET} ({provenance['params'] / 1e6:.1f}M params, {provenance['tokens_seen'] / 1e6:.1f}M "
         f"training tokens, validation CE {provenance['val_loss']:.3f} nats = "
@@ -115,4 +116,4 @@ def smollm2_stage(new_tokens: int = 64) -> dict | None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -12,13 +12,35 @@ and stops at the template's end-of-turn token.
 Ends with one JSON line: {"outputs": [[ids...], ...], "texts": [...] | null, "seconds": float}.
 """
 
-import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+from absl import flags
+
 import dsv4
+from dsv4 import cli
 from dsv4.parallel import distributed
+
+flags.DEFINE_string("model", None, "transformers-format directory (config.json + safetensors), a .gguf file or a "
+                    "known model name (e.g. smollm2-135m-instruct)")
+flags.DEFINE_string("checkpoint", None, "dsv4 (orbax) model checkpoint directory")
+flags.DEFINE_string("config", None, "target config file[:variant]; random weights")
+flags.mark_flags_as_mutual_exclusive(["model", "checkpoint", "config"], required=True)
+flags.DEFINE_multi_string("prompt", None, "text prompt (repeatable); needs a tokenizer")
+flags.DEFINE_string("prompt_ids", None, "token ids: '1,2,3;4,5' is two prompts")
+flags.DEFINE_multi_string("chat", None, "user message (repeatable), rendered with the model's chat template; needs "
+                          "a tokenizer with one (a GGUF's)")
+flags.mark_flags_as_mutual_exclusive(["prompt", "prompt_ids", "chat"], required=True)
+flags.DEFINE_string("tokenizer", None, "tokenizer.json (HF tokenizers)")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 32, "tokens to generate per prompt")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "sampling temperature (0: greedy)")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "sample among the k likeliest tokens (0: all)")
+flags.DEFINE_integer("seed", 0, "sampling seed (and the random weights' seed with --config)")
+_EOS = flags.DEFINE_integer("eos_id", None, "stop a prompt at this token (default with --chat: the end of turn)")
+_START_DISTRIBUTED = cli.multiprocess_flags()
 
 
 def load_model(args):
@@ -83,55 +105,41 @@ def find_tokenizer(args):
   return None
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--model", help="transformers-format directory (config.json + safetensors), a .gguf file or a "
-                   "known model name (e.g. smollm2-135m-instruct)")
-  src.add_argument("--checkpoint", help="dsv4 (orbax) model checkpoint directory")
-  src.add_argument("--config", help="target config file[:variant]; random weights")
-  prompts = p.add_mutually_exclusive_group(required=True)
-  prompts.add_argument("--prompt", action="append", help="text prompt (repeatable); needs a tokenizer")
-  prompts.add_argument("--prompt_ids", help="token ids: '1,2,3;4,5' is two prompts")
-  prompts.add_argument("--chat", action="append", help="user message (repeatable), rendered with the model's chat "
-                       "template; needs a tokenizer with one (a GGUF's)")
-  p.add_argument("--tokenizer", help="tokenizer.json (HF tokenizers)")
-  p.add_argument("--max_new_tokens", type=int, default=32)
-  p.add_argument("--temperature", type=float, default=0.0)
-  p.add_argument("--top_p", type=float, default=1.0)
-  p.add_argument("--top_k", type=int, default=0)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--eos_id", type=int, default=None)
-  args = distributed.parse_args(p, argv)
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}; quote a prompt with spaces: --prompt \"...\"")
+  args = flags.FLAGS  # --model, --checkpoint, --config, --tokenizer, --seed, read by the helpers above
+  _START_DISTRIBUTED()
+  eos_id = _EOS.value
 
   if (problem := missing_model(args)) is not None:
-    p.error(problem)
+    sys.exit(f"error: {problem}")
   try:
     tokenizer = find_tokenizer(args)
   except (ValueError, FileNotFoundError) as e:  # unknown model name, missing wheel, bad GGUF: one clear line
-    p.error(str(e))
+    sys.exit(f"error: {e}")
   if args.prompt:
     if tokenizer is None:
-      p.error("--prompt needs a tokenizer: pass --tokenizer path/tokenizer.json (or use --prompt_ids)")
+      sys.exit("error: --prompt needs a tokenizer: pass --tokenizer path/tokenizer.json (or use --prompt_ids)")
     ids = [tokenizer.encode(text) for text in args.prompt]
   elif args.chat:
     if tokenizer is None or not tokenizer.chat_template:
-      p.error("--chat needs a chat template: use a GGUF model (it carries one), or --prompt for plain text")
+      sys.exit("error: --chat needs a chat template: use a GGUF model (it carries one), or --prompt for plain text")
     ids = [tokenizer.chat_ids([{"role": "user", "content": text}]) for text in args.chat]
-    if args.eos_id is None:
-      args.eos_id = tokenizer.eos_id  # the template's end of turn
+    if eos_id is None:
+      eos_id = tokenizer.eos_id  # the template's end of turn
   else:
     try:
       ids = [[int(t) for t in part.split(",") if t.strip()] for part in args.prompt_ids.split(";")]
     except ValueError:
-      p.error(f"--prompt_ids {args.prompt_ids!r}: expected comma-separated integers, prompts separated by ';'")
+      sys.exit(f"error: --prompt_ids {args.prompt_ids!r}: expected comma-separated integers, prompts separated by ';'")
   try:
     model = load_model(args)
     t0 = time.time()
-    outputs = dsv4.generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, seed=args.seed, eos_id=args.eos_id)
+    outputs = dsv4.generate(model, ids, _MAX_NEW.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+                            top_k=_TOP_K.value, seed=args.seed, eos_id=eos_id)
   except (ValueError, FileNotFoundError) as e:  # bad prompts, configs, checkpoints: one clear line, no traceback
-    p.error(str(e))
+    sys.exit(f"error: {e}")
   seconds = time.time() - t0
   texts = [tokenizer.decode(o) for o in outputs] if tokenizer is not None else None
   if not distributed.is_main():
@@ -142,4 +150,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -17,46 +17,48 @@ the same command resumes after them. Ends with one JSON line {"out", "split", "p
 "seconds"}.
 """
 
-import argparse
 import json
 import signal
 import sys
 from pathlib import Path
 
+from absl import flags
 
-def parse(argv):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--target", required=True, help="exported target directory (config.json + safetensors, or a dsv4 "
-                 "checkpoint with dsv4_config.json), a .gguf file, or an installed model's name "
-                 "(smollm2-135m-instruct)")
-  p.add_argument("--out", required=True, help="dataset directory; this call writes OUT/<split>")
-  p.add_argument("--split", default="train", help="split to read prompts from and to write (train, validation, ...)")
-  p.add_argument("--prompts", default="stdlib", help="'stdlib', a local dataset path, or a hub dataset name")
-  p.add_argument("--prompt_field", default="text", help="column with the text (or chat `messages`) of each row")
-  p.add_argument("--num_prompts", type=int, default=64)
-  p.add_argument("--prompt_tokens", type=int, default=64, help="prompt = first N tokens of a text row (0: whole row)")
-  p.add_argument("--prompt_seed", type=int, default=0, help="seed of the order prompts are picked in")
-  p.add_argument("--max_new_tokens", type=int, default=128)
-  p.add_argument("--temperature", type=float, default=1.0)
-  p.add_argument("--top_p", type=float, default=1.0)
-  p.add_argument("--top_k", type=int, default=0)
-  p.add_argument("--seed", type=int, default=0, help="sampling seed")
-  p.add_argument("--batch_size", type=int, default=16, help="prompts per decode batch (fixed: one compile)")
-  p.add_argument("--tokenizer", help="tokenizer.json (default: the one in --target)")
-  p.add_argument("--corpus_dir", help="embedded corpus directory for --prompts stdlib (default data/stdlib_corpus)")
-  p.add_argument("--pad_multiple", type=int, default=64, help="pad prompts to a multiple of this (fewer compiles)")
-  p.add_argument("--overwrite", action="store_true", help="replace OUT/<split> if it exists")
-  p.add_argument("--no_progress", action="store_true", help="no progress bar")
-  return p, p.parse_args(argv)
+from dsv4 import cli
+
+_TARGET = flags.DEFINE_string("target", None, "exported target directory (config.json + safetensors, or a dsv4 "
+                              "checkpoint with dsv4_config.json), a .gguf file, or an installed model's name "
+                              "(smollm2-135m-instruct)")
+_OUT = flags.DEFINE_string("out", None, "dataset directory; this call writes OUT/<split>")
+_SPLIT = flags.DEFINE_string("split", "train", "split to read prompts from and to write (train, validation, ...)")
+_PROMPTS = flags.DEFINE_string("prompts", "stdlib", "'stdlib', a local dataset path, or a hub dataset name")
+_PROMPT_FIELD = flags.DEFINE_string("prompt_field", "text", "column with the text (or chat `messages`) of each row")
+_NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 64, "prompts to answer")
+_PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 64, "prompt = first N tokens of a text row (0: whole row)")
+_PROMPT_SEED = flags.DEFINE_integer("prompt_seed", 0, "seed of the order prompts are picked in")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "longest response, in tokens")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "sampling temperature (0: greedy)")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "sample among the k likeliest tokens (0: all)")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "prompts per decode batch (fixed: one compile)")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json (default: the one in --target)")
+_CORPUS_DIR = flags.DEFINE_string("corpus_dir", None, "embedded corpus directory for --prompts stdlib (default "
+                                  "data/stdlib_corpus)")
+_PAD = flags.DEFINE_integer("pad_multiple", 64, "pad prompts to a multiple of this (fewer compiles)")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace OUT/<split> if it exists")
+_NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "no progress bar")
+flags.mark_flags_as_required(["target", "out"])
 
 
-def main(argv=None):
-  p, args = parse(argv)
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag (see --help)")
   from dsv4.data.regenerate import Sampler, regenerate
 
-  sampler = Sampler(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                    top_k=args.top_k, seed=args.seed, batch_size=args.batch_size)
-  command = " ".join(["python"] + [sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv)))
+  sampler = Sampler(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+                    top_k=_TOP_K.value, seed=_SEED.value, batch_size=_BATCH.value)
+  command = " ".join(["python", *sys.argv])
   received = []
 
   def stop(signum, frame):  # SIGTERM like Ctrl-C: finished batches are on disk already
@@ -65,25 +67,24 @@ def main(argv=None):
 
   previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
   try:
-    manifest = regenerate(args.target, args.out, split=args.split, prompts=args.prompts,
-                          prompt_field=args.prompt_field, num_prompts=args.num_prompts,
-                          prompt_tokens=args.prompt_tokens or None, sampler=sampler, prompt_seed=args.prompt_seed,
-                          tokenizer=args.tokenizer, corpus_dir=args.corpus_dir, overwrite=args.overwrite,
-                          pad_multiple=args.pad_multiple,
-                          progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+    manifest = regenerate(_TARGET.value, _OUT.value, split=_SPLIT.value, prompts=_PROMPTS.value,
+                          prompt_field=_PROMPT_FIELD.value, num_prompts=_NUM_PROMPTS.value,
+                          prompt_tokens=_PROMPT_TOKENS.value or None, sampler=sampler, prompt_seed=_PROMPT_SEED.value,
+                          tokenizer=_TOKENIZER.value, corpus_dir=_CORPUS_DIR.value, overwrite=_OVERWRITE.value,
+                          pad_multiple=_PAD.value,
+                          progress=not _NO_PROGRESS.value, log=lambda m: print(m, file=sys.stderr),
                           extra={"command": command})
   except (ValueError, OSError) as e:  # DataError and bad checkpoints: one clear line, nothing written
-    p.error(str(e))
+    sys.exit(f"error: {e}")
   except KeyboardInterrupt:  # regenerate has said what it kept
     sys.exit(128 + (received[0] if received else signal.SIGINT))
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
-  out = Path(args.out).absolute()
-  print(json.dumps({"out": str(out), "split": args.split, "path": str(out / args.split), "rows": manifest["rows"],
+  out = Path(_OUT.value).absolute()
+  print(json.dumps({"out": str(out), "split": _SPLIT.value, "path": str(out / _SPLIT.value), "rows": manifest["rows"],
                     "response_tokens": manifest["response_tokens"], "seconds": manifest["seconds"]}))
-  return manifest
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

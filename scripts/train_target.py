@@ -19,9 +19,7 @@ from dsv4 import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "target config with train/data sections: file.py[:variant]")
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard logs and provenance go here")
-_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
-_NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
-_PID = flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+_START_DISTRIBUTED = cli.multiprocess_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -31,10 +29,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   from dsv4.parallel import distributed
   from dsv4.training.provenance import provenance
-  try:
-    distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  _START_DISTRIBUTED()
   from dsv4.training import pretrain_loop
   from dsv4.training.interrupts import run_or_exit
   config = _CONFIG.value

@@ -29,6 +29,7 @@ def test_bench_decode_reports_spread_or_refusal(tmp_path):
   assert len(result["load_start"]) == 3 and result["threads"] >= 1
   text = (tmp_path / "results.md").read_text()
   assert "| measure | dsv4 | transformers | transformers / dsv4 |" in text and "Load average" in text
+  assert "Command: `python scripts/bench_decode.py --config configs/target/tiny.py --prompt_len 8 " in text, text
 
 
 def tiny_llama_dir(path: Path) -> Path:
@@ -81,4 +82,4 @@ def test_bench_decode_refuses_a_model_transformers_cannot_load(tmp_path):
   (tmp_path / "empty").mkdir()
   out = subprocess.run([sys.executable, "scripts/bench_decode.py", "--model", str(tmp_path / "empty")],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
-  assert out.returncode == 2 and "--model" in out.stderr and "transformers directory" in out.stderr, out.stderr
+  assert out.returncode == 1 and "error: --model" in out.stderr and "transformers directory" in out.stderr, out.stderr

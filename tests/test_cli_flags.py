@@ -2,6 +2,7 @@
 there, an unknown scale, a bad training value. Each ends in one `error:` line that names the
 flag or field and what to do, exit code 1, no traceback, and nothing written to the workdir."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -68,3 +69,81 @@ def test_a_bad_training_value_is_one_line_before_the_target_is_trained(tmp_path)
                              f"--config.data.corpus_dir={tmp_path}/corpus", "--workdir", tmp_path / "w"))
   assert "config.train.lr: must be > 0" in error, error
   assert sorted(tmp_path.iterdir()) == []  # no corpus, target or workdir made
+
+
+SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
+
+
+def imported_modules(path: Path) -> set[str]:
+  """Top-level names of every module a file imports, anywhere in it (a function-level import counts too)."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      found |= {alias.name.split(".")[0] for alias in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      found.add(node.module.split(".")[0])
+  return found
+
+
+def main_returns(path: Path) -> list[str]:
+  """The `return VALUE` statements of a script's main (not of functions nested in it): absl's app.run exits with
+  main's value, so a returned dict would end a finished run with status 1."""
+  main = next(node for node in ast.parse(path.read_text()).body
+              if isinstance(node, ast.FunctionDef) and node.name == "main")
+  found, todo = [], list(main.body)
+  while todo:
+    node = todo.pop()
+    if isinstance(node, ast.Return) and node.value is not None:
+      found.append(ast.unparse(node))
+    elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+      todo.extend(ast.iter_child_nodes(node))
+  return found
+
+
+def test_every_script_parses_its_command_line_with_absl_through_dsv4_cli():
+  """One flag library: no script imports argparse, each one's entry point is `cli.run` (one-line errors), and no
+  main returns a value (absl would make it the exit status)."""
+  assert len(SCRIPTS) >= 17
+  for path in SCRIPTS:
+    assert "argparse" not in imported_modules(path), f"{path.name} imports argparse; define its flags with absl"
+    assert "cli.run(" in path.read_text(), f"{path.name}: its entry point should be dsv4.cli.run(main)"
+    assert main_returns(path) == [], f"{path.name}: main returns a value, which absl makes the exit status"
+
+
+@pytest.mark.parametrize("script, listed", [
+    ("demo.py", []),  # no flags of its own
+    ("check_overlap.py", ["--eval_sets: an evaluation prompt set", "repeat this option"]),
+    ("generate.py", ["--prompt_ids:", "--coordinator_address:"]),  # the latter defined by cli.multiprocess_flags
+    ("bench_moe.py", ["--tokens: token counts per batch", "(default: '128,512')"])])
+def test_help_shows_the_docstring_and_the_flags_and_exits_0(script, listed):
+  out = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0 and "Traceback" not in out.stderr, (out.returncode, out.stderr[-2000:])
+  doc = ast.get_docstring(ast.parse((ROOT / "scripts" / script).read_text()))
+  assert out.stdout.startswith(doc.splitlines()[0]), out.stdout[:500]
+  for text in listed:
+    assert text in out.stdout, (text, out.stdout)
+
+
+def test_a_missing_required_flag_and_a_stray_argument_are_one_line_each():
+  out = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_overlap.py"), "--data", "d"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+  error = one_error_line(out)
+  assert "--tokenizer" in error and "--eval_sets" in error and "--data" not in error, error
+  out = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_overlap.py"), "--data", "d", "--tokenizer", "t",
+                        "--eval_sets", "a.jsonl", "b.jsonl"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+  error = one_error_line(out)
+  assert "['b.jsonl']" in error and "its own --eval_sets" in error, error
+
+
+@pytest.mark.parametrize("script, args", [
+    ("convert_checkpoint.py", ["--src", "a", "--dst", "b"]),
+    ("train_target.py", ["--config", ROOT / "configs" / "target" / "tiny.py", "--workdir", "w"])])
+def test_the_multiprocess_flags_are_checked_before_anything_starts(script, args, tmp_path):
+  """cli.multiprocess_flags: --num_processes without the coordinator and this process's index is one line."""
+  out = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, args), "--num_processes", "2"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  error = one_error_line(out)
+  assert "--num_processes=2 also needs --coordinator_address and --process_id" in error, error
+  assert sorted(tmp_path.iterdir()) == []  # no workdir, no destination

@@ -11,7 +11,7 @@ DEMO = Path(__file__).resolve().parents[1] / "scripts" / "demo.py"
 def test_help_prints_usage_without_running():
   done = subprocess.run([sys.executable, str(DEMO), "--help"], capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr
-  assert done.stdout.startswith("usage:") and "target:" not in done.stdout
+  assert done.stdout.startswith("`make demo`: the committed `small` V4-style target") and "target:" not in done.stdout
 
 
 def test_piped_output_has_no_escape_codes(monkeypatch):

@@ -1,9 +1,11 @@
 """Multi-process start-up: JAX's own multi-controller runtime (`jax.distributed`), nothing home-made.
 
-Every script takes `--coordinator_address`, `--num_processes`, `--process_id`. With more than one process
-they call `jax.distributed.initialize` (on CPU with gloo collectives, so the same code runs on a laptop). With
-none given, clusters that JAX recognises by their environment (Cloud TPU pods, SLURM, ...) are initialised
-with no arguments; otherwise the run stays single-process. Only process 0 writes logs (`is_main`).
+The multi-process scripts (training, generate, convert_checkpoint) take `--coordinator_address`, `--num_processes`,
+`--process_id` as absl flags (`dsv4.cli.multiprocess_flags`), which they pass to `initialize`; `add_flags` gives an
+argparse parser the same three (the multi-process test workers). With more than one process they call
+`jax.distributed.initialize` (on CPU with gloo collectives, so the same code runs on a laptop). With none given,
+clusters that JAX recognises by their environment (Cloud TPU pods, SLURM, ...) are initialised with no arguments;
+otherwise the run stays single-process. Only process 0 writes logs (`is_main`).
 """
 
 from __future__ import annotations
@@ -50,17 +52,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 def from_args(args: argparse.Namespace) -> bool:
   return initialize(args.coordinator_address, args.num_processes, args.process_id)
-
-
-def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-  """Adds the multi-process flags, parses, and starts jax.distributed; bad flags exit via parser.error."""
-  add_flags(parser)
-  args = parser.parse_args(argv)
-  try:
-    from_args(args)
-  except ValueError as e:
-    parser.error(str(e))
-  return args
 
 
 def is_main() -> bool:

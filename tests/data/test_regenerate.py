@@ -22,6 +22,7 @@ from dsv4.errors import DataError, TargetError
 from dsv4.io.checkpoint import CONFIG_FILE
 from dsv4.io.hf import save_pretrained
 from dsv4.model import ModelConfig, Transformer
+from tests import script_main
 from tests.inference.spec_fixtures import built
 from tests.reference_decode import full_forward_greedy
 
@@ -320,29 +321,23 @@ def test_interrupted_save_keeps_the_old_split(tmp_path, monkeypatch):
   assert listing(tmp_path / "out") == before
 
 
-def _script():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("regenerate_script", os.path.join(
-      os.path.dirname(__file__), "..", "..", "scripts", "regenerate.py"))
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
-  return script
-
-
-def test_script_prints_one_json_line(target, tmp_path, capsys):
+def test_script_prints_one_json_line(target, tmp_path, capsys, monkeypatch):
   path, _, _ = target
-  script = _script()
+  script = script_main.load("regenerate")
   src = write_jsonl(tmp_path / "code.jsonl", [{"text": t} for t in CODE])
   argv = ["--target", str(path), "--prompts", src, "--split", "train", "--num_prompts", "3", "--prompt_tokens",
           str(PROMPT), "--max_new_tokens", str(NEW), "--temperature", "0", "--batch_size", "2", "--no_progress",
           "--out", str(tmp_path / "out")]
-  script.main(argv)
+  script_main.run_main(script, argv, monkeypatch)
   line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert set(line) == {"out", "split", "path", "rows", "response_tokens", "seconds"}
   assert line["rows"] == 3 and line["path"] == str(tmp_path / "out" / "train")
+  manifest = json.loads((tmp_path / "out" / "train" / "manifest.json").read_text())
+  assert manifest["command"] == " ".join(["python", str(script_main.SCRIPTS / "regenerate.py"), *map(str, argv)])
   with pytest.raises(SystemExit) as exit_info:
-    script.main(argv)
-  assert exit_info.value.code == 2 and "already holds split 'train'" in capsys.readouterr().err
+    script_main.run_main(script, argv, monkeypatch)
+  error = str(exit_info.value.code)
+  assert error.startswith("error: ") and "already holds split 'train'" in error
 
 
 def test_ctrl_c_keeps_the_finished_batches_and_the_rerun_resumes_after_them(target, tmp_path, capsys, monkeypatch):
@@ -350,12 +345,12 @@ def test_ctrl_c_keeps_the_finished_batches_and_the_rerun_resumes_after_them(targ
 
   import datasets
   path, _, _ = target
-  script = _script()
+  script = script_main.load("regenerate")
   src = write_jsonl(tmp_path / "code.jsonl", [{"text": t} for t in CODE])
   argv = lambda out: ["--target", str(path), "--prompts", src, "--split", "train", "--num_prompts", "6",  # noqa: E731
                       "--prompt_tokens", str(PROMPT), "--max_new_tokens", str(NEW), "--temperature", "1.0",
                       "--batch_size", "2", "--no_progress", "--out", str(out)]
-  script.main(argv(tmp_path / "straight"))
+  script_main.run_main(script, argv(tmp_path / "straight"), monkeypatch)
   seed = regen.batch_seed
   ran, interrupt = [], [True]
 
@@ -368,7 +363,7 @@ def test_ctrl_c_keeps_the_finished_batches_and_the_rerun_resumes_after_them(targ
   monkeypatch.setattr(regen, "batch_seed", interrupted_at_batch_2)
   capsys.readouterr()
   with pytest.raises(SystemExit) as info:
-    script.main(argv(tmp_path / "out"))
+    script_main.run_main(script, argv(tmp_path / "out"), monkeypatch)
   err = capsys.readouterr().err
   assert info.value.code == 130 and "Traceback" not in err
   assert "the responses of 4 of 6 prompts are kept" in err and "re-run the same command to resume" in err
@@ -376,7 +371,7 @@ def test_ctrl_c_keeps_the_finished_batches_and_the_rerun_resumes_after_them(targ
 
   ran.clear()
   interrupt[0] = False
-  script.main(argv(tmp_path / "out"))
+  script_main.run_main(script, argv(tmp_path / "out"), monkeypatch)
   assert ran == [2] and "resuming: 4 of 6 responses kept" in capsys.readouterr().err  # batches 0 and 1 not rerun
   a, b = (datasets.load_from_disk(str(tmp_path / d))["train"] for d in ("straight", "out"))
   assert a["ids"] == b["ids"] and a["target_mask"] == b["target_mask"]

@@ -17,6 +17,7 @@ from dsv4.data.self_prompt import DOMAINS, batch_seed, domain_counts, normalise,
 from dsv4.data.self_prompt_run import PARTIAL, PROMPTS, PROVENANCE, QuerySampler, self_prompt
 from dsv4.errors import DataError
 from dsv4.inference.generate import generate
+from tests import script_main
 from tests.io.gguf_fixtures import smollm2_path
 
 SMOLLM2 = smollm2_path()
@@ -220,7 +221,7 @@ def _script():
   return script
 
 
-@pytest.mark.parametrize("bad", ["sampler", "model", "eval_sets", "finished"])
+@pytest.mark.parametrize("bad", ["sampler", "model", "eval_sets", "finished", "eval_sets_space_separated"])
 def test_script_refuses_bad_input_before_loading_the_model(full, tmp_path, monkeypatch, capsys, bad):
   from dsv4.io import gguf as dsv4_gguf
 
@@ -232,11 +233,14 @@ def test_script_refuses_bad_input_before_loading_the_model(full, tmp_path, monke
           "model": ["--model", "smollm2-9b-nonexistent", "--out", str(tmp_path / "o")],
           "eval_sets": ["--model", "smollm2-135m-instruct", "--out", str(tmp_path / "o"), "--eval_sets",
                         str(tmp_path / "gsm8k.jsonl")],
-          "finished": ["--model", "smollm2-135m-instruct", "--out", str(finished)]}[bad]
+          "finished": ["--model", "smollm2-135m-instruct", "--out", str(finished)],
+          "eval_sets_space_separated": ["--model", "smollm2-135m-instruct", "--out", str(tmp_path / "o"),
+                                        "--eval_sets", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]}[bad]
   want = {"sampler": "num_prompts must be a positive int", "model": "smollm2-9b-nonexistent",
-          "eval_sets": "gsm8k.jsonl: no such file", "finished": "already holds a finished run"}[bad]
+          "eval_sets": "gsm8k.jsonl: no such file", "finished": "already holds a finished run",
+          "eval_sets_space_separated": "give each evaluation set its own --eval_sets"}[bad]
   with pytest.raises(SystemExit) as exit_info:
-    _script().main(argv)
+    script_main.run_main(script_main.load("self_prompt"), argv, monkeypatch)
   assert str(exit_info.value.code).startswith("error: ") and want in str(exit_info.value.code)
   assert not (tmp_path / "o" / PROMPTS).exists()
 
@@ -246,8 +250,9 @@ def test_script_prints_one_json_line(model, tmp_path, monkeypatch, capsys):
   from dsv4.io import gguf as dsv4_gguf
   monkeypatch.setattr(dsv4_gguf, "from_pretrained", lambda name: model)
   out = tmp_path / "o"
-  _script().main(["--model", "smollm2-135m-instruct", "--out", str(out), "--num_prompts", "3", "--batch_size", "4",
-                  "--max_query_tokens", "16", "--seed", "3"])
+  script_main.run_main(script_main.load("self_prompt"), [
+      "--model", "smollm2-135m-instruct", "--out", str(out), "--num_prompts", "3", "--batch_size", "4",
+      "--max_query_tokens", "16", "--seed", "3"], monkeypatch)
   line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert set(line) == {"out", "rows", "dropped", "seconds"}
   assert line["rows"] == 3 == len(read_rows(out))

@@ -29,9 +29,10 @@ def test_text_prompts_and_errors(tmp_path):
   assert [len(o) for o in result["outputs"]] == [4, 4]
   assert all(isinstance(t, str) for t in result["texts"])
   bad = run("--config", "configs/target/tiny.py", "--prompt_ids", "5,6,700")
-  assert bad.returncode == 2 and "outside the vocabulary" in bad.stderr and "Traceback" not in bad.stderr
+  assert bad.returncode == 1 and "outside the vocabulary" in bad.stderr and "Traceback" not in bad.stderr
+  assert bad.stderr.strip().splitlines()[-1].startswith("error: "), bad.stderr
   missing = run("--config", "configs/target/tiny.py", "--prompt", "w1")
-  assert missing.returncode == 2 and "needs a tokenizer" in missing.stderr
+  assert missing.returncode == 1 and "error: --prompt needs a tokenizer" in missing.stderr
 
 
 @pytest.mark.parametrize("source", [("--model", "no/such/dir"), ("--model", "{tmp}"), ("--checkpoint", "no/such/dir"),
@@ -39,6 +40,6 @@ def test_text_prompts_and_errors(tmp_path):
 def test_a_missing_model_is_named_before_any_tokenizer_question(source, tmp_path):
   flag, where = source[0], source[1].format(tmp=tmp_path)  # {tmp}: a directory that holds no model
   out = run(flag, where, "--prompt", "x")
-  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+  assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
   error = out.stderr.strip().splitlines()[-1]
-  assert where in error and "model" in error and "tokenizer" not in error, error
+  assert error.startswith("error: ") and where in error and "model" in error and "tokenizer" not in error, error

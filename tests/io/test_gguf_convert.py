@@ -40,7 +40,8 @@ def test_convert_refuses_existing_destination_and_unknown_source(tmp_path):
     gguf_to_hf_dir("smollm2-135m-instruct", tmp_path / "hf")
   out = subprocess.run([sys.executable, str(ROOT / "scripts/convert_checkpoint.py"), "--src", "no-such-model",
                         "--dst", str(tmp_path / "x"), "--to-hf"], capture_output=True, text=True, cwd=ROOT)
-  assert out.returncode == 2 and "known model name" in out.stderr and "Traceback" not in out.stderr
+  assert out.returncode == 1 and "known model name" in out.stderr and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith("error: "), out.stderr
 
 
 @pytest.mark.slow
