@@ -123,6 +123,19 @@ def multiprocess_flags() -> Callable[[], bool]:
   return start
 
 
+def timing_flags(default_repeats: int, repeats_help: str) -> tuple:
+  """(--repeats, --allow_load, --out) of a benchmark script, as flag holders; --repeats below the harness's
+  minimum (a median with its spread) is refused while parsing."""
+  from dsv4.benchmarking import MIN_REPEATS
+
+  repeats = flags.DEFINE_integer("repeats", default_repeats, repeats_help)
+  flags.register_validator("repeats", lambda r: r >= MIN_REPEATS,
+                           f"--repeats must be ≥ {MIN_REPEATS} (a median with its spread)")
+  allow_load = flags.DEFINE_bool("allow_load", False, "record results even on a busy machine")
+  out = flags.DEFINE_string("out", None, "folder to write results.md into")
+  return repeats, allow_load, out
+
+
 def run(main: Callable[[list[str]], object]) -> None:
   """`absl.app.run(main)` with `parse_flags`."""
   app.run(main, flags_parser=parse_flags)

@@ -66,13 +66,9 @@ _VERIFY_NS = flags.DEFINE_list("verify_ns", None, "tokens per verifying extend, 
                                "1,2,4,8,16 with --model, none with --config)")
 flags.register_validator("verify_ns", _ns_ok, "token counts ≥ 1, including 1 (the baseline), e.g. 1,2,4,8,16")
 _VERIFY_PREFIX = flags.DEFINE_integer("verify_prefix", None, "prompt prefix before the extend (default --prompt_len)")
-_REPEATS = flags.DEFINE_integer("repeats", 7, "timed repetitions of each variant")
-flags.register_validator("repeats", lambda r: r >= bm.MIN_REPEATS,
-                         f"--repeats must be ≥ {bm.MIN_REPEATS} (a median with its spread)")
+_REPEATS, _ALLOW_LOAD, _OUT = cli.timing_flags(7, "timed repetitions of each variant")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of the random weights and prompts")
 _PEER_PROCESS = flags.DEFINE_bool("peer_process", False, "run transformers in its own process")
-_ALLOW_LOAD = flags.DEFINE_bool("allow_load", False, "record results even on a busy machine")
-_OUT = flags.DEFINE_string("out", None, "folder to write results.md into")
 
 
 @functools.cache

@@ -42,12 +42,8 @@ def _positive_ints(values) -> bool:
 _CONFIG = flags.DEFINE_string("config", "configs/target/small.py", "target config whose MoE layer is timed")
 _TOKENS = flags.DEFINE_list("tokens", ["128", "512"], "token counts per batch, comma-separated, e.g. 128,512")
 flags.register_validator("tokens", _positive_ints, "--tokens wants positive integers separated by commas, e.g. 128,512")
-_REPEATS = flags.DEFINE_integer("repeats", 7, "timed repetitions of each function")
-flags.register_validator("repeats", lambda r: r >= bm.MIN_REPEATS,
-                         f"--repeats must be ≥ {bm.MIN_REPEATS} (a median with its spread)")
+_REPEATS, _ALLOW_LOAD, _OUT = cli.timing_flags(7, "timed repetitions of each function")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of the layer's weights and inputs")
-_ALLOW_LOAD = flags.DEFINE_bool("allow_load", False, "record results even on a busy machine")
-_OUT = flags.DEFINE_string("out", None, "folder to write results.md into")
 
 
 def build_fns(moe):

@@ -33,11 +33,7 @@ from dsv4.training.distill_config import drafter_config
 from dsv4.training.optimizer import learning_rate, make_optimizer
 
 _CONFIG = flags.DEFINE_string("config", "configs/drafter/dspark_small.py", "drafter config[:scale] whose step is timed")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "timed steps of each mode")
-flags.register_validator("repeats", lambda r: r >= bm.MIN_REPEATS,
-                         f"--repeats must be ≥ {bm.MIN_REPEATS} (a median with its spread)")
-_ALLOW_LOAD = flags.DEFINE_bool("allow_load", False, "record results even on a busy machine")
-_OUT = flags.DEFINE_string("out", None, "folder to write results.md into")
+_REPEATS, _ALLOW_LOAD, _OUT = cli.timing_flags(5, "timed steps of each mode")
 
 
 def peak_bytes(compiled) -> int:
