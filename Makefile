@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml
 # `make test` (the default tier) skips the tests marked slow (end-to-end training runs, multi-process and 8-device
 # training steps), which take minutes each on 2 CPU cores; `make test-slow` runs only those; `make test-all` runs
 # both tiers, each test once (what CI runs).
-PYTEST := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu $(PY) -m pytest $(XDIST)
+# On a loaded machine a starved device thread can miss XLA:CPU's 40 s in-process collective rendezvous, which
+# aborts the whole process; tests wait up to 10 minutes instead.
+PYTEST := XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_cpu_collective_call_terminate_timeout_seconds=600" \
+	JAX_PLATFORMS=cpu $(PY) -m pytest $(XDIST)
 
 test: $(STAMP)
 	$(PYTEST) -m "not slow" tests
