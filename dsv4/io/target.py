@@ -76,19 +76,24 @@ def _run_config(step_dir: Path) -> tuple[ml_collections.ConfigDict, dict]:
   return ml_collections.ConfigDict(meta["config"]), meta
 
 
+def restore_state_on_one_device(state_dir: Path) -> dict:
+  """A training checkpoint's saved state (params, frozen, optimizer, step) on this process's first device, whatever
+  mesh and process count wrote it."""
+  one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = ckptr.metadata(state_dir)
+    tree = getattr(getattr(tree, "item_metadata", tree), "tree", getattr(tree, "item_metadata", tree))
+    return ckptr.restore(state_dir, jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                                                 tree))
+
+
 def restore_model(step_dir: Path) -> tuple[Transformer, ml_collections.ConfigDict, dict]:
   """(model with a training checkpoint's params and routing state, the run's config, the checkpoint's meta)."""
   config, meta = _run_config(step_dir)
   cfg = model_config(config)
   abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   graphdef, params, frozen = nnx.split(abstract, nnx.Param, FrozenState)
-  # Onto this process's first device whatever topology wrote it (a multi-host run exports on one machine).
-  one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  with ocp.StandardCheckpointer() as ckptr:
-    tree = ckptr.metadata(step_dir / "state")
-    tree = getattr(getattr(tree, "item_metadata", tree), "tree", getattr(tree, "item_metadata", tree))
-    saved = ckptr.restore(step_dir / "state",
-                          jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree))
+  saved = restore_state_on_one_device(step_dir / "state")  # a multi-host run exports on one machine
   return nnx.merge(graphdef, saved["params"], saved["frozen"]), config, meta
 
 

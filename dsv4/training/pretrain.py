@@ -90,9 +90,14 @@ def make_eval_step(graphdef, train, shardings=None, batch_shardings=None):
 
   if shardings is None:
     return jax.jit(step)
-  replicated = NamedSharding(next(iter(batch_shardings.values())).mesh, P())
+  replicated = _replicated(batch_shardings)
   return jax.jit(step, in_shardings=(shardings["params"], shardings["frozen"], batch_shardings, replicated),
                  out_shardings=replicated)
+
+
+def _replicated(batch_shardings) -> NamedSharding:
+  """Every device holds all of it, on the batch's mesh."""
+  return NamedSharding(next(iter(batch_shardings.values())).mesh, P())
 
 
 # Models up to this size validate with replicated weights: gathered once per pass instead of by every eval call.
@@ -107,7 +112,7 @@ def make_validation(graphdef, train, shardings, batch_shardings, state):
   size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((state["params"], state["frozen"])))
   if size > EVAL_REPLICATE_MAX_BYTES:
     return make_eval_step(graphdef, train, shardings, batch_shardings), lambda params, frozen: (params, frozen)
-  replicated = NamedSharding(next(iter(batch_shardings.values())).mesh, P())
+  replicated = _replicated(batch_shardings)
   eval_sh = {k: jax.tree.map(lambda _: replicated, shardings[k]) for k in ("params", "frozen")}
   place = jax.jit(lambda params, frozen: (params, frozen), out_shardings=(eval_sh["params"], eval_sh["frozen"]))
   return make_eval_step(graphdef, train, eval_sh, batch_shardings), place

@@ -16,14 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
 from dsv4.data.corpus import build_corpus
-from dsv4.io.target import restore_model
+from dsv4.io.target import restore_model, restore_state_on_one_device
 from tests.parallel.test_multiprocess_train import free_port
 from tests.training.test_train_target import _flat
 
@@ -41,12 +39,7 @@ def tiny_corpus(tmp_path_factory):
 
 def _final_state(workdir, step):
   """The saved state, restored onto one device of this process (it was written by 8 devices of 2 processes)."""
-  path = Path(workdir).absolute() / "checkpoints" / str(step) / "state"
-  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with ocp.StandardCheckpointer() as ckptr:
-    tree = ckptr.metadata(path)
-    tree = getattr(getattr(tree, "item_metadata", tree), "tree", getattr(tree, "item_metadata", tree))
-    return ckptr.restore(path, jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree))
+  return restore_state_on_one_device(Path(workdir).absolute() / "checkpoints" / str(step) / "state")
 
 
 def _env():
