@@ -193,3 +193,31 @@ def test_ctrl_c_keeps_the_finished_cells(drafter_dir, tokenizer, tmp_path, monke
   assert json.loads(paths["json"].read_text())["interrupted"] == results["interrupted"]
   assert results["interrupted"] in paths["md"].read_text()
   assert json.loads(eval_report.final_line(results))["interrupted"] == results["interrupted"]
+
+
+def test_every_drafter_of_the_small_table_names_a_command_that_trains_it(tmp_path):
+  """`configs/eval/small.py:all` on a clone without runs/: one refusal before compute naming every missing drafter
+  with its training command, and each command's config loads (its overrides applied as the script would)."""
+  from dsv4.configs import load_config
+  from dsv4.evaluation.harness import check_drafter_paths
+  c = load_config(os.path.join(ROOT, "configs/eval/small.py:all"))
+  assert os.path.isdir(dict(c.drafters)["dspark"])  # the shipped one
+  c.drafters = tuple((name, str(tmp_path / name)) for name, _ in c.drafters)
+  with pytest.raises(ConfigError) as e:
+    check_drafter_paths(c)
+  trained = [name for name, _ in c.drafters if name in c.drafter_commands]
+  assert len(trained) == 5
+  for name in trained:
+    command = c.drafter_commands[name].split()
+    assert command[:2] == ["python", "scripts/train_drafter.py"]
+    assert f"{name}: {tmp_path / name} — make it with: {c.drafter_commands[name]}" in str(e.value)
+    config = load_config(os.path.join(ROOT, command[command.index("--config") + 1]))
+    for arg in command:
+      if arg.startswith("--config."):
+        key, value = arg[len("--config."):].split("=")
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+          node = node[p]
+        node[leaf] = type(node[leaf])(value)
+    assert config.drafter.block_size == (1 if name == "mtp_1" else 7)
