@@ -137,5 +137,14 @@ def timing_flags(default_repeats: int, repeats_help: str) -> tuple:
 
 
 def run(main: Callable[[list[str]], object]) -> None:
-  """`absl.app.run(main)` with `parse_flags`."""
-  app.run(main, flags_parser=parse_flags)
+  """`absl.app.run(main)` with `parse_flags`. Library INFO logs (`datasets`' "JAX version 0.10.2 available", orbax's
+  every checkpoint step) stay out of a script's output unless `--verbosity` asks for them: scripts print what they
+  say, and an error stays one line."""
+  from absl import logging
+
+  def quiet_main(argv: list[str]) -> object:
+    if not FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    return main(argv)
+
+  app.run(quiet_main, flags_parser=parse_flags)
