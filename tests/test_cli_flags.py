@@ -164,3 +164,20 @@ def test_a_hub_dataset_the_hub_does_not_serve_is_one_line_at_once(script, args, 
   assert error.startswith("error: someuser/somedataset: not a local path"), error
   assert "save_to_disk" in error and "HF_HUB_OFFLINE=1" in error, error
   assert sorted(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_in_any_script_is_one_line_and_exit_130(tmp_path):
+  """Scripts that keep no partial state (generate, demo, convert, benchmarks) stop on Ctrl-C with one line and
+  exit 130, as the training scripts do, instead of a KeyboardInterrupt traceback."""
+  import signal
+  script = tmp_path / "sleeper.py"
+  script.write_text("import time\nfrom dsv4 import cli\n\ndef main(argv):\n  print('ready', flush=True)\n"
+                    "  time.sleep(120)\n\nif __name__ == '__main__':\n  cli.run(main)\n")
+  proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.stdout.readline().strip() == "ready"
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=60)
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err[-2000:])
+  assert len(lines) == 1 and lines[0].startswith("interrupted (Ctrl-C)"), err
