@@ -34,6 +34,11 @@ class _CompiledStepBar(tqdm):
     self.refresh()
     return True
 
+  def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
+    """New fields (the loss after every step) without a redraw: the next update shows them, at most every
+    `mininterval`. tqdm's default redraws at once, which in a log file is a line per step."""
+    super().set_postfix(ordered_dict, refresh=refresh, **kwargs)
+
 
 def progress(total: int, *, initial: int = 0, desc: str, enabled: bool | None = None) -> tqdm:
   """A bar from `initial` (a resumed step) to `total` with rate and ETA; `bar.set_postfix(loss=...)` adds fields."""
