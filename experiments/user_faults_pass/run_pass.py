@@ -39,7 +39,7 @@ class Item:
   cmd: str                        # bash; {py} = this interpreter, {C} = the clone, run in SCRATCH
   expect: str                     # regex the output must contain
   rc: tuple[int, ...] = (1,)      # accepted exit statuses
-  max_lines: int = 3              # output lines allowed (progress bars and logs count)
+  max_lines: int | None = 3       # output lines allowed (progress bars and logs count); None: a run that trains
   heavy: bool = False
   setup: Callable[[Path, Path], None] | None = None
   check: Callable[[Path, str, dict], str] | None = None   # (scratch, output, earlier results) -> "" or a problem
@@ -165,24 +165,24 @@ LOAD = "{py} -c \"import dsv4; d = dsv4.load_drafter('%s'); print(type(d).__name
 ITEMS = [
     # The runs later items reuse: a 3-step DSpark run, from a folder that is not the clone (paths item too).
     Item("base", "paths", "train_drafter from another folder, relative --workdir", f"{DRAFT} --workdir w_base {SHORT}",
-         r'"checkpoint": "/.*/w_base/checkpoints/3"', rc=(0,), max_lines=24),
+         r'"checkpoint": "/.*/w_base/checkpoints/3"', rc=(0,), max_lines=None),
     # Interrupts
     Item("int_drafter", "interrupts", "SIGINT in train_drafter mid-run", f"{STOP} 55 {INT_RUN}",
          r"stopped at step \d+ \(SIGINT\), checkpoint saved; re-run the same command to resume", rc=(130,),
-         max_lines=24, heavy=True),
+         max_lines=None, heavy=True),
     Item("int_drafter_resume", "interrupts", "the same command again (SIGINT after 35 s)",
-         f"{STOP} 35 {INT_RUN}", r"resuming from", rc=(130, 0), max_lines=24, heavy=True,
+         f"{STOP} 35 {INT_RUN}", r"resuming from", rc=(130, 0), max_lines=None, heavy=True,
          check=_resumed_where_stopped("int_drafter")),
     Item("int_async_save", "interrupts", "SIGINT with a checkpoint every step (async saves in flight)",
          f"{STOP} 50 {SAVE_RUN}", r"stopped at step \d+ \(SIGINT\), checkpoint saved", rc=(130,),
-         max_lines=24, heavy=True, check=_no_tmp_left("w_intsave")),
+         max_lines=None, heavy=True, check=_no_tmp_left("w_intsave")),
     Item("tmp_only", "interrupts", "a workdir holding only a temporary checkpoint folder",
          f"{DRAFT} --workdir w_tmponly --config.train.steps=1 --config.train.eval_batches=1",
-         r"holds only an unfinished checkpoint .*starting over from step 0", rc=(0,), max_lines=30, heavy=True,
+         r"holds only an unfinished checkpoint .*starting over from step 0", rc=(0,), max_lines=None, heavy=True,
          setup=_tmp_only),
     Item("int_target", "interrupts", "SIGINT in train_target (tiny, builds its corpus first)",
          f"{STOP} 100 {TARGET_RUN}", r"stopped at step \d+ \(SIGINT\), checkpoint saved", rc=(130,),
-         max_lines=30, heavy=True),
+         max_lines=None, heavy=True),
     Item("int_regenerate", "interrupts", "SIGINT in regenerate.py",
          f"{STOP} 40 {REGEN} --split train --out regen_int --num_prompts 256 --batch_size 4",
          r"interrupted: the responses of \d+ of 256 prompts are kept", rc=(130,), max_lines=8, heavy=True),
@@ -191,7 +191,7 @@ ITEMS = [
          r"resuming: [1-9]\d* of 256 responses kept", rc=(130, 0), max_lines=8, heavy=True),
     Item("int_evaluate", "interrupts", "SIGINT in evaluate.py (the shipped small drafter)",
          STOP + " 60 {py} {C}/scripts/evaluate.py --config {C}/configs/eval/small.py "
-         "--config.out_dir=eval_int --config.peers.enabled=False", r"interrupt", rc=(130,), max_lines=45, heavy=True),
+         "--config.out_dir=eval_int --config.peers.enabled=False", r"interrupt", rc=(130,), max_lines=None, heavy=True),
     # Reusing a workdir
     Item("reuse_dflash", "workdir reuse", "dflash.py:small in a DSpark workdir",
          "{py} {C}/scripts/train_drafter.py --config {C}/configs/drafter/dflash.py:small --workdir w_base " + SHORT,
@@ -202,7 +202,7 @@ ITEMS = [
          f"{DRAFT} --workdir t_int {SHORT}", r"is a target pretraining workdir", heavy=True),
     Item("reuse_lr", "workdir reuse", "--config.train.lr=1e-4 (a safe change) with one more step",
          f"{DRAFT} --workdir w_base --config.train.steps=4 --config.train.eval_batches=1 --config.train.lr=1e-4",
-         r"train\.lr", rc=(0,), max_lines=30, check=_lr_recorded),
+         r"train\.lr", rc=(0,), max_lines=None, check=_lr_recorded),
     # Bad weights and checkpoints
     Item("bad_target_generate", "bad weights", "generate.py on a target with 4 KB of 0xFF in model.safetensors",
          GEN + " --model bad_target --prompt 'def f(x):' --max_new_tokens 8",
@@ -231,7 +231,7 @@ ITEMS = [
          rc=(0,), max_lines=8),
     Item("shadow_clone", "paths", "a clone folder named dsv4 beside a user's script (installed package, no "
          "PYTHONPATH)", "cd shadow && env -u PYTHONPATH {py} use.py", r"load_drafter|no attribute", rc=(0, 1),
-         max_lines=24, setup=_shadow),
+         max_lines=12, setup=_shadow),
     Item("shadow_documented", "paths", "the README says so where users read first",
          "grep -n 'namespace package' {C}/README.md", r"namespace package", rc=(0,), max_lines=2),
     # Messages that mislead or arrive as tracebacks
@@ -267,7 +267,7 @@ ITEMS = [
          rc=(0,), max_lines=60),
     # Small things a user notices
     Item("demo_piped", "small things", "the demo piped to a file: no ANSI codes (first 150 s)",
-         STOP + " 150 {py} {C}/scripts/demo.py | cat", r"\S", rc=(0, 130, 124), max_lines=200, heavy=True,
+         STOP + " 150 {py} {C}/scripts/demo.py | cat", r"\S", rc=(0, 130, 124), max_lines=None, heavy=True,
          check=lambda scratch, out, earlier: "ANSI codes in the output" if "\x1b[" in out else ""),
     Item("eta", "small things", "the progress bar's frames at step 1 (the base run's output)",
          "tr '\\r' '\\n' < base.log | grep ' 1/3 '", r"1/3 \[00:00<\?", rc=(0,), max_lines=4,
@@ -285,7 +285,7 @@ ITEMS = [
     Item("readme_regenerate_drafter", "small things", "then train_drafter on it (2 steps)",
          "{py} {C}/scripts/train_drafter.py --config {C}/configs/drafter/dspark.py:small --workdir w_regen "
          "--config.data.source=regen_readme --config.train.steps=2 --config.train.eval_batches=1 "
-         "--config.train.batch_size=2", r'"checkpoint"', rc=(0,), max_lines=24, heavy=True),
+         "--config.train.batch_size=2", r'"checkpoint"', rc=(0,), max_lines=None, heavy=True),
     Item("license_warnings", "small things", "setuptools reads pyproject.toml without deprecation warnings",
          "{py} -W always -c \"from setuptools.config.pyprojecttoml import apply_configuration as a; "
          "from setuptools.dist import Distribution; a(Distribution(), '{C}/pyproject.toml'); print('read')\"",
@@ -300,7 +300,7 @@ def _lines(text: str) -> list[str]:
   return [line.split("\r")[-1] if line.split("\r")[-1].strip() else line for line in text.splitlines()]
 
 
-def run_item(item: Item, clone: Path, scratch: Path, earlier: dict) -> dict:
+def run_item(item: Item, clone: Path, scratch: Path) -> dict:
   if item.setup:
     item.setup(clone, scratch)
   cmd = item.cmd.format(py=sys.executable, C=clone)
@@ -311,27 +311,33 @@ def run_item(item: Item, clone: Path, scratch: Path, earlier: dict) -> dict:
   out = p.stdout + p.stderr
   if item.id == "base":
     (scratch / "base.log").write_text(out)
-  lines = _lines(out)
+  return dict(id=item.id, cmd=item.cmd.format(py="python", C="$CLONE"), rc=p.returncode, wall=wall, output=out)
+
+
+def judge(item: Item, record: dict, scratch: Path, earlier: dict) -> dict:
+  """The table row of a recorded run: its lines, the matched line, and the verdict."""
+  out, lines = record["output"], _lines(record["output"])
   match = re.search(item.expect, out, re.MULTILINE)
   problems = []
-  if p.returncode not in item.rc:
-    problems.append(f"rc {p.returncode}")
+  if record["rc"] not in item.rc:
+    problems.append(f"rc {record['rc']}")
   if not match:
     problems.append("expected message missing")
-  if len(lines) > item.max_lines:
+  if item.max_lines is not None and len(lines) > item.max_lines:
     problems.append(f"{len(lines)} lines > {item.max_lines}")
   if item.library:
     if not lines or not re.search(item.expect, lines[-1]):
       problems.append("the last line is not the message")
   elif "Traceback (most recent call last)" in out:
     problems.append("traceback")
+  if "Segmentation fault" in out:
+    problems.append("segfault")
   if item.check:
     problems.append(item.check(scratch, out, earlier))
   problems = [x for x in problems if x]
   matched = next((ln for ln in lines if match and re.search(item.expect, ln)), "")
-  return dict(id=item.id, section=item.section, what=item.what, cmd=item.cmd.format(py="python", C="$CLONE"),
-              rc=p.returncode, wall=wall, n_lines=len(lines), first=lines[:2], matched=matched,
-              verdict="pass" if not problems else "FAIL: " + "; ".join(problems), output=out)
+  return dict(record, what=item.what, n_lines=len(lines), first=lines[:2], matched=matched,
+              verdict="pass" if not problems else "FAIL: " + "; ".join(problems))
 
 
 def _cell(text: str, n: int = 180) -> str:
@@ -339,7 +345,7 @@ def _cell(text: str, n: int = 180) -> str:
   return (text[:n] + "…") if len(text) > n else text
 
 
-def write_table(results: list[dict], out: Path, clone: Path, commit: str) -> None:
+def write_table(results: list[dict], out: Path, commit: str) -> None:
   rows = ["| item | what | command | rc | s | lines | first lines / matched line | verdict |",
           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in results:
@@ -366,6 +372,7 @@ def main() -> None:
   ap.add_argument("--only", default="", help="comma-separated item ids")
   ap.add_argument("--skip_heavy", action="store_true")
   ap.add_argument("--out", type=Path, default=HERE / "results.md")
+  ap.add_argument("--table_only", action="store_true", help="judge the runs recorded in SCRATCH again, run nothing")
   args = ap.parse_args()
   clone, scratch = args.clone.resolve(), args.scratch.resolve()
   scratch.mkdir(parents=True, exist_ok=True)
@@ -373,14 +380,17 @@ def main() -> None:
   commit = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
   saved = scratch / "results.json"
   earlier = json.loads(saved.read_text()) if saved.exists() else {}
+  if args.table_only:
+    commit = earlier.get("_commit", commit)
   for item in ITEMS:
-    if (only and item.id not in only) or (args.skip_heavy and item.heavy):
+    if args.table_only or (only and item.id not in only) or (args.skip_heavy and item.heavy):
       continue
-    r = run_item(item, clone, scratch, earlier)
-    earlier[item.id] = r
+    earlier[item.id] = run_item(item, clone, scratch)
+    earlier["_commit"] = commit
     saved.write_text(json.dumps(earlier, indent=1))
+    r = judge(item, earlier[item.id], scratch, earlier)
     print(f"{item.id}: rc {r['rc']}, {r['wall']:.0f} s, {r['n_lines']} lines: {r['verdict']}", flush=True)
-  write_table([earlier[i.id] for i in ITEMS if i.id in earlier], args.out, clone, commit)
+  write_table([judge(i, earlier[i.id], scratch, earlier) for i in ITEMS if i.id in earlier], args.out, commit)
 
 
 if __name__ == "__main__":
