@@ -292,7 +292,7 @@ ITEMS = [
          r"\A(?![\s\S]*[Dd]eprecat)[\s\S]*read", rc=(0,), max_lines=1),
     Item("time_claims", "small things", "the tiny target's training time as measured, not '~1 minute'",
          "grep -rn -i '1 minute' {C}/configs/target {C}/configs/drafter {C}/README.md; "
-         "grep -n 'minutes' {C}/configs/target/tiny.py", r"tiny\.py:\d+:.*9 minutes", rc=(0,), max_lines=1),
+         "grep -Hn 'minutes' {C}/configs/target/tiny.py", r"tiny\.py:\d+:.*9 minutes", rc=(0,), max_lines=1),
 ]
 
 
