@@ -136,6 +136,31 @@ def timing_flags(default_repeats: int, repeats_help: str) -> tuple:
   return repeats, allow_load, out
 
 
+def _settle_device_work() -> None:
+  """Waits for computations already dispatched: exiting while XLA still runs one can crash the interpreter's
+  shutdown (a segfault after the message)."""
+  jax = sys.modules.get("jax")
+  if jax is not None:
+    try:
+      jax.block_until_ready(jax.live_arrays())
+    except Exception:  # noqa: BLE001 - a failed computation has nothing left to wait for
+      pass
+
+
 def run(main: Callable[[list[str]], object]) -> None:
-  """`absl.app.run(main)` with `parse_flags`."""
-  app.run(main, flags_parser=parse_flags)
+  """`absl.app.run(main)` with `parse_flags`. Library INFO logs (`datasets`' "JAX version 0.10.2 available", orbax's
+  every checkpoint step) stay out of a script's output unless `--verbosity` asks for them: scripts print what they
+  say, and an error stays one line. Ctrl-C that `main` does not handle is one line and exit status 130."""
+  from absl import logging
+
+  def quiet_main(argv: list[str]) -> object:
+    if not FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    try:
+      return main(argv)
+    except KeyboardInterrupt:  # scripts that keep partial work catch it themselves and say what they kept
+      _settle_device_work()
+      print("interrupted (Ctrl-C) before finishing; nothing more was written", file=sys.stderr, flush=True)
+      sys.exit(130)
+
+  app.run(quiet_main, flags_parser=parse_flags)

@@ -8,6 +8,8 @@
 
 A GGUF source (a .gguf file or a known model name) is dequantised to float32 with llama.cpp's Q/K permutation
 undone; its tokenizer (and, for transformers' format, its chat template) is written next to the weights.
+Otherwise the weights keep the dtype the source stores them in (a bf16 export stays bf16 both ways) unless
+--dtype asks for another; a tokenizer.json beside them is copied.
 """
 
 import json
@@ -25,6 +27,7 @@ from dsv4.io.gguf import from_pretrained as gguf_from_pretrained
 from dsv4.io.gguf_convert import gguf_to_hf_dir
 from dsv4.io.gguf_models import MODELS, resolve
 from dsv4.io.hf import from_pretrained, save_pretrained
+from dsv4.io.storage_dtype import orbax_dtype, safetensors_dtype, with_param_dtype
 from dsv4.io.target import is_gguf
 from dsv4.parallel import distributed
 
@@ -32,8 +35,17 @@ _SRC = flags.DEFINE_string("src", None, "source directory, .gguf file or known m
 _DST = flags.DEFINE_string("dst", None, "destination directory (must not exist unless --overwrite)")
 _TO_HF = flags.DEFINE_bool("to-hf", False, "dsv4 checkpoint or GGUF → transformers format")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace --dst if it exists")
+_DTYPE = flags.DEFINE_enum("dtype", "source", ["source", "bfloat16", "float16", "float32"],
+                           "storage dtype of the weights written ('source': the one the source stores them in; a "
+                           "GGUF is dequantised to float32)")
 _START_DISTRIBUTED = cli.multiprocess_flags()
 flags.mark_flags_as_required(["src", "dst"])
+
+
+def _stored_as(model, source_dtype):
+  """The model with its parameters in the storage dtype asked for (--dtype), or the source's."""
+  dtype = source_dtype if _DTYPE.value == "source" else _DTYPE.value
+  return model if dtype is None else with_param_dtype(model, dtype)
 
 
 def main(argv):
@@ -67,11 +79,11 @@ def main(argv):
                         "num_hidden_layers": layers, "seconds": round(time.time() - t0, 2)}))
     return
   if to_hf:
-    model = load_model(src)
+    model = _stored_as(load_model(src), orbax_dtype(src / "state"))
     if distributed.is_main():  # one writer for plain safetensors files
       save_pretrained(model, dst, overwrite=overwrite)
   else:
-    model = from_pretrained(src)
+    model = _stored_as(from_pretrained(src), safetensors_dtype(src))
     save_model(model, dst, overwrite=overwrite)  # orbax saves collectively across processes
   if not distributed.is_main():
     return

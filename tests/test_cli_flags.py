@@ -147,3 +147,37 @@ def test_the_multiprocess_flags_are_checked_before_anything_starts(script, args,
   error = one_error_line(out)
   assert "--num_processes=2 also needs --coordinator_address and --process_id" in error, error
   assert sorted(tmp_path.iterdir()) == []  # no workdir, no destination
+
+
+@pytest.mark.parametrize("script, args", [
+    ("train_drafter.py", ["--config", ROOT / "configs/drafter/dspark_small.py", "--workdir", "w",
+                          "--config.data.source=someuser/somedataset"]),
+    ("regenerate.py", ["--target", ROOT / "assets/targets/small", "--prompts", "someuser/somedataset", "--out", "d"])])
+def test_a_hub_dataset_the_hub_does_not_serve_is_one_line_at_once(script, args, tmp_path):
+  """A hub dataset name where the hub does not answer (HF_ENDPOINT on a closed local port: nothing leaves the
+  machine), not in offline mode: one line naming the dataset and both ways out, no retries, nothing written."""
+  env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+  out = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, args)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120,
+                       env=dict(env, JAX_PLATFORMS="cpu", HF_ENDPOINT="http://127.0.0.1:9"))
+  error = one_error_line(out)
+  assert error.startswith("error: someuser/somedataset: not a local path"), error
+  assert "save_to_disk" in error and "HF_HUB_OFFLINE=1" in error, error
+  assert sorted(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_in_any_script_is_one_line_and_exit_130(tmp_path):
+  """Scripts that keep no partial state (generate, demo, convert, benchmarks) stop on Ctrl-C with one line and
+  exit 130, as the training scripts do, instead of a KeyboardInterrupt traceback."""
+  import signal
+  script = tmp_path / "sleeper.py"
+  script.write_text("import time\nfrom dsv4 import cli\n\ndef main(argv):\n  print('ready', flush=True)\n"
+                    "  time.sleep(120)\n\nif __name__ == '__main__':\n  cli.run(main)\n")
+  proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.stdout.readline().strip() == "ready"
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=60)
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err[-2000:])
+  assert len(lines) == 1 and lines[0].startswith("interrupted (Ctrl-C)"), err

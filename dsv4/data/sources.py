@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,33 +90,49 @@ def check_source(source: str, where: str = "") -> None:
                     "either); check the path")
 
 
-def _hub_unreachable(source: str) -> DataError:
-  return DataError(f"{source}: not a local path, and the Hugging Face hub is out of reach from here, so it cannot be "
-                   "loaded as a hub dataset. Load it on a machine with network (`datasets.load_dataset(NAME)` then "
-                   "`.save_to_disk(DIR)`), copy DIR here and give that directory instead.")
+# One TCP connect to the hub, instead of `huggingface_hub`'s five retries with back-off (~25 s) and a traceback.
+_PROBE_SECONDS = 3.0
 
 
-def _check_hub_reachable(source: str) -> None:
-  """Fails at once where the hub's host does not resolve (no network), instead of `datasets`' retries (~30 s) and a
-  ConnectionError traceback. Skipped behind a proxy, where the proxy resolves the name."""
-  if any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
-    raise _hub_unreachable(source)
+def _hub_unreachable(source: str, why: str) -> DataError:
+  return DataError(f"{source}: not a local path, and it cannot be loaded as a hub dataset: {why}. Download it where "
+                   "there is network (`datasets.load_dataset(NAME)` then `.save_to_disk(DIR)`) and give DIR instead; "
+                   "if this machine's datasets cache already holds it, set HF_HUB_OFFLINE=1 to read it from there.")
+
+
+def _hub_out_of_reach() -> str | None:
+  """Why the hub `datasets` would call cannot be reached from here, or None. Skipped behind a proxy, where the
+  proxy resolves and connects."""
+  import datasets
   if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-    return
-  host = re.sub(r"^\w+://", "", os.environ.get("HF_ENDPOINT", "https://huggingface.co")).split("/")[0].split(":")[0]
+    return None
+  url = urllib.parse.urlsplit(datasets.config.HF_ENDPOINT)
+  host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
   try:
-    socket.getaddrinfo(host, 443)
-  except OSError:
-    raise _hub_unreachable(source) from None
+    socket.create_connection((host, port), timeout=_PROBE_SECONDS).close()
+  except socket.gaierror:
+    return f"the hub ({host}) does not resolve from here (no network?)"
+  except OSError as e:
+    return f"the hub ({host}:{port}) does not answer from here ({e.strerror or type(e).__name__})"
+  return None
 
 
 def _load_hub(source: str, split: str, streaming: bool, cache_dir: str | None):
+  """A hub dataset through `datasets`. Offline mode (HF_HUB_OFFLINE, read by `datasets` when imported) reads the
+  datasets cache and never touches the network; otherwise the hub must answer one connect first."""
   import datasets
-  _check_hub_reachable(source)
+  offline = datasets.config.HF_HUB_OFFLINE
+  if not offline and (why := _hub_out_of_reach()):
+    raise _hub_unreachable(source, why)
   try:
     return datasets.load_dataset(source, split=split, streaming=streaming, cache_dir=cache_dir)
   except ConnectionError:
-    raise _hub_unreachable(source) from None
+    if offline:
+      where = cache_dir or datasets.config.HF_DATASETS_CACHE
+      raise DataError(f"{source}: not a local path, and not in the datasets cache ({where}), which is all offline "
+                      "mode (HF_HUB_OFFLINE) reads. Download it where there is network (`datasets.load_dataset(NAME)` "
+                      "then `.save_to_disk(DIR)`) and give DIR instead.") from None
+    raise _hub_unreachable(source, "the hub did not answer") from None
   except FileNotFoundError as e:  # datasets' DatasetNotFoundError: no such dataset, or a private one
     raise DataError(f"{source}: not a local path, nor a dataset on the Hugging Face hub ({str(e).splitlines()[0]}); "
                     "check the name or the path") from None

@@ -210,8 +210,11 @@ def write_all(results, out_dir, log=print) -> dict:
     w.writeheader()
     w.writerows(csv_rows(results))
   write_tensorboard(results, paths["tensorboard"])
-  plot_conditional(results["cells"], paths["conditional_png"])
-  plot_tau(results["cells"], paths["tau_png"])
+  if results["cells"]:
+    plot_conditional(results["cells"], paths["conditional_png"])
+    plot_tau(results["cells"], paths["tau_png"])
+  else:  # Ctrl-C before the first cell finished: nothing to plot, the rest is still written
+    del paths["conditional_png"], paths["tau_png"]
   plot_speedup(results["timing"], paths["speedup_png"])
   paths["md"].write_text(markdown(results, paths))
   for line in table_lines(results):

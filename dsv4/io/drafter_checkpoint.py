@@ -85,9 +85,9 @@ def load_drafter(path: str | Path, target: Transformer | None = None) -> LoadedD
   try:
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
       meta = ckptr.restore(step_dir / "meta")
-  except Exception as e:
+  except Exception as e:  # brief(e) names the cause; orbax's chained error adds ~100 lines of TensorStore spec
     raise CheckpointError(f"{step_dir}/meta is unreadable ({brief(e)}); the checkpoint is corrupt: use another step "
-                          "folder of the run, or train again.") from e
+                          "folder of the run, or train again.") from None
   if "drafter" not in meta or "target" not in meta:
     raise CheckpointError(f"{step_dir}: not a drafter checkpoint (its metadata has no drafter config or target); "
                            "target checkpoints are loaded with dsv4.from_pretrained or the export script.")
@@ -106,7 +106,7 @@ def load_drafter(path: str | Path, target: Transformer | None = None) -> LoadedD
       saved = ckptr.restore(step_dir / "state")
   except Exception as e:
     raise CheckpointError(f"{step_dir}/state is unreadable ({brief(e)}); the checkpoint is corrupt: use another step "
-                          "folder of the run, or train again.") from e
+                          "folder of the run, or train again.") from None
   nnx.replace_by_pure_dict(params, saved["params"])
   nnx.replace_by_pure_dict(rest, saved["rest"])
   model = nnx.merge(graphdef, params, rest)

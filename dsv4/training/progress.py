@@ -23,13 +23,21 @@ class _CompiledStepBar(tqdm):
   _timing_started = False
 
   def update(self, n=1):
-    shown = super().update(n)
-    if not self._timing_started and not self.disable:
-      self._timing_started = True
-      self.start_t = self.last_print_t = self._time()
-      self.last_print_n = self.initial = self.n
-      self._ema_dn, self._ema_dt = EMA(self.smoothing), EMA(self.smoothing)
-    return shown
+    if self._timing_started or self.disable:
+      return super().update(n)
+    # The compiling step: counted, the clock restarted, and only then drawn, so no frame shows its rate or ETA.
+    self._timing_started = True
+    self.n += n
+    self.start_t = self.last_print_t = self._time()
+    self.last_print_n = self.initial = self.n
+    self._ema_dn, self._ema_dt = EMA(self.smoothing), EMA(self.smoothing)
+    self.refresh()
+    return True
+
+  def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
+    """New fields (the loss after every step) without a redraw: the next update shows them, at most every
+    `mininterval`. tqdm's default redraws at once, which in a log file is a line per step."""
+    super().set_postfix(ordered_dict, refresh=refresh, **kwargs)
 
 
 def progress(total: int, *, initial: int = 0, desc: str, enabled: bool | None = None) -> tqdm:

@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import socket  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import datasets  # noqa: E402
 import pytest  # noqa: E402
@@ -61,38 +62,84 @@ def test_hub_names_stream_through_load_dataset(monkeypatch):
   calls = []
   fake = datasets.Dataset.from_list(ROWS[:2]).to_iterable_dataset()
   monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: calls.append((a, kw)) or fake)
-  monkeypatch.setattr(sources, "_check_hub_reachable", lambda source: None)  # this machine has no network
+  monkeypatch.setattr(sources, "_hub_out_of_reach", lambda: None)  # this machine has no network
   assert load_documents("someone/some-corpus") is fake
   assert calls[0][0] == ("someone/some-corpus",) and calls[0][1]["streaming"] is True
   load_documents("corpus", split="validation", streaming=False)
   assert calls[1][0] == ("corpus",) and calls[1][1]["split"] == "validation" and calls[1][1]["streaming"] is False
 
 
-def test_hub_name_without_network_fails_at_once_with_advice(monkeypatch):
-  """A hub name where the hub is out of reach: one DataError naming the source and the way out, before `datasets`
-  spends ~30 s retrying. Offline mode says the same; a real `load_dataset` is what runs when the host resolves."""
-  import time
-  monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: (_ for _ in ()).throw(socket.gaierror(-2, "unknown")))
-  monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: pytest.fail("must not reach load_dataset"))
+@pytest.fixture
+def online(monkeypatch):
+  """The settings of a user who is not in offline mode and has no proxy (the test module defaults to offline)."""
+  monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
   for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
     monkeypatch.delenv(v, raising=False)
+  monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: pytest.fail("must not reach load_dataset"))
+
+
+def _one_line_error(source: str, match: str) -> str:
+  import time
   t0 = time.perf_counter()
-  with pytest.raises(DataError, match=r"someone/some-corpus: not a local path.*save_to_disk") as e:
-    load_documents("someone/some-corpus")
-  assert time.perf_counter() - t0 < 2 and len(str(e.value).splitlines()) == 1
-  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-  monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: pytest.fail("offline mode needs no lookup"))
-  with pytest.raises(DataError, match="out of reach"):
-    load_documents("someone/some-corpus")
+  with pytest.raises(DataError, match=match) as e:
+    load_documents(source)
+  assert time.perf_counter() - t0 < 5 and len(str(e.value).splitlines()) == 1
+  return str(e.value)
+
+
+def test_hub_name_without_network_fails_at_once_with_advice(online, monkeypatch):
+  """The hub's host does not resolve: one DataError naming the source and both ways out (a saved copy, or the
+  datasets cache through offline mode), before `datasets` spends ~25 s retrying."""
+  monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: (_ for _ in ()).throw(socket.gaierror(-2, "unknown")))
+  error = _one_line_error("someone/some-corpus", r"someone/some-corpus: not a local path.*save_to_disk")
+  assert "does not resolve" in error and "HF_HUB_OFFLINE=1" in error, error
+
+
+def test_a_hub_that_does_not_answer_fails_at_once(online, monkeypatch):
+  """HF_ENDPOINT on a local port nobody listens on: the name resolves but the hub never answers. `datasets` would
+  retry five times with back-off (~30 s of 'Retrying in 8s' lines); one connect says so instead."""
+  monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+  monkeypatch.setattr(datasets.config, "HF_ENDPOINT", "http://127.0.0.1:9")  # datasets read it when imported
+  error = _one_line_error("someone/some-corpus", r"someone/some-corpus: not a local path.*save_to_disk")
+  assert "(127.0.0.1:9) does not answer" in error and "HF_HUB_OFFLINE=1" in error, error
+
+
+def _cache_as_the_hub_writes_it(cache, name, rows):
+  """The datasets cache after `load_dataset(NAME)` on a machine with network: NAMESPACE___NAME/CONFIG/VERSION/HASH
+  holding the prepared Arrow shard NAME-SPLIT.arrow and dataset_info.json, written here by datasets' own builder
+  from a local copy of the rows."""
+  built = datasets.load_dataset("json", data_files=[str(_jsonl(cache.parent / "rows.jsonl", rows))], split="train",
+                                cache_dir=str(cache.parent / "build"))
+  prepared = next(iter(built.cache_files))["filename"]
+  namespace, dataset = name.split("/")
+  dst = cache / f"{namespace}___{dataset}" / "default" / "0.0.0" / ("0" * 40)
+  dst.mkdir(parents=True)
+  (dst / f"{dataset}-train.arrow").write_bytes(open(prepared, "rb").read())
+  (dst / "dataset_info.json").write_bytes((Path(prepared).parent / "dataset_info.json").read_bytes())
+
+
+def test_offline_mode_reads_a_hub_dataset_from_the_datasets_cache(monkeypatch, tmp_path):
+  """HF_HUB_OFFLINE is how a cached hub dataset loads with no network: it reaches `datasets`, which reads its cache
+  without a connection; a name that is not cached is one line naming the cache."""
+  _cache_as_the_hub_writes_it(tmp_path / "cache", "someone/some-corpus", ROWS[:5])
+  monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+  monkeypatch.setattr(socket, "create_connection", lambda *a, **kw: pytest.fail("offline mode needs no connection"))
+  for streaming in (True, False):
+    ds = load_documents("someone/some-corpus", cache_dir=str(tmp_path / "cache"), streaming=streaming)
+    assert list(documents_text(ds)) == TEXTS[:5]
+  with pytest.raises(DataError, match=r"someone/other: not a local path, and not in the datasets cache .*cache") as e:
+    load_documents("someone/other", cache_dir=str(tmp_path / "cache"))
+  assert len(str(e.value).splitlines()) == 1
 
 
 def test_hub_errors_become_one_line(monkeypatch):
-  monkeypatch.setattr(sources, "_check_hub_reachable", lambda source: None)
+  monkeypatch.setattr(sources, "_hub_out_of_reach", lambda: None)
+  monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
 
   def unreachable(*a, **kw):
     raise ConnectionError("Couldn't reach 'someone/some-corpus' on the Hub (LocalEntryNotFoundError)")
   monkeypatch.setattr(datasets, "load_dataset", unreachable)
-  with pytest.raises(DataError, match="out of reach"):
+  with pytest.raises(DataError, match="did not answer.*HF_HUB_OFFLINE"):
     load_documents("someone/some-corpus")
 
   def missing(*a, **kw):

@@ -221,3 +221,19 @@ def test_every_drafter_of_the_small_table_names_a_command_that_trains_it(tmp_pat
           node = node[p]
         node[leaf] = type(node[leaf])(value)
     assert config.drafter.block_size == (1 if name == "mtp_1" else 7)
+
+
+def test_ctrl_c_before_the_first_cell_still_writes_the_report(tmp_path):
+  """An evaluation interrupted before any acceptance cell finished (what `evaluate` returns then: no cells, no
+  timing, an empty summary) writes its files and says it was interrupted; the plots of no cells are left out
+  instead of matplotlib failing on a figure of 0 panels."""
+  interrupted = ("interrupted (Ctrl-C): 0 acceptance cells and 0 timed sets were finished and are kept; re-run the "
+                 "same command for the whole table")
+  results = {"target": "assets/targets/small", "provenance": {}, "cells": [], "timing": [],
+             "drafters": {"dspark": {"path": "d", "trained_block_size": 7, "tau_prob": 2.0}},
+             "sets": {"code": {"prompts": 4, "sources": []}}, "summary": {}, "interrupted": interrupted}
+  paths = eval_report.write_all(results, tmp_path, log=lambda s: None)
+  assert json.loads(paths["json"].read_text())["interrupted"] == interrupted
+  assert interrupted in paths["md"].read_text()
+  assert "conditional_png" not in paths and not (tmp_path / "conditional_acceptance.png").exists()
+  assert "conditional_acceptance.png" not in paths["md"].read_text()

@@ -107,3 +107,24 @@ def test_missing_config_and_existing_destination(hf_dir, tmp_path):
                         str(empty)], capture_output=True, text=True, cwd=ROOT)
   assert out.returncode != 0 and "exists" in out.stderr
   assert (empty / "model.safetensors").exists()  # nothing already written is lost
+
+
+def test_a_bf16_source_keeps_its_dtype_both_ways_unless_asked(tmp_path):
+  """The committed small target is stored in bf16 (19 MB): the round trip writes bf16 again, equal tensor for
+  tensor, not float32 at twice the size; --dtype asks for another storage dtype."""
+  src = ROOT / "assets/targets/small"
+  convert("--src", src, "--dst", tmp_path / "ours")
+  convert("--src", tmp_path / "ours", "--dst", tmp_path / "back", "--to-hf")
+  want, got = read_all(src), read_all(tmp_path / "back")
+  assert sorted(got) == sorted(want)
+  for name in want:  # bf16 weights; the routing biases float32 and the hash table int64, as exported
+    assert got[name].dtype == want[name].dtype, (name, got[name].dtype, want[name].dtype)
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  assert sum(w.dtype == ml_dtypes.bfloat16 for w in want.values()) > 0.9 * len(want)
+  size = lambda d: sum(f.stat().st_size for f in d.glob("*.safetensors"))  # noqa: E731
+  assert size(tmp_path / "back") < 1.01 * size(src)
+  convert("--src", tmp_path / "ours", "--dst", tmp_path / "f32", "--to-hf", "--dtype", "float32")
+  wide = read_all(tmp_path / "f32")
+  for name in want:
+    assert wide[name].dtype == (np.float32 if want[name].dtype == ml_dtypes.bfloat16 else want[name].dtype), name
+    np.testing.assert_array_equal(wide[name], want[name].astype(wide[name].dtype), err_msg=name)
