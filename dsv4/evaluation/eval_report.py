@@ -119,17 +119,23 @@ def _save(plt, fig, path) -> Path:
 
 
 def plot_conditional(cells, path, title="conditional acceptance by draft position") -> Path:
-  """One panel per prompt set, one line per drafter × γ × T: conditional acceptance@k against k."""
+  """One panel per prompt set, one line per drafter × γ × T: conditional acceptance@k against k. A drafter × γ keeps
+  its colour across temperatures and a temperature its line style, so that a dozen lines stay apart."""
   plt = _pyplot()
   sets = list(dict.fromkeys(c["set"] for c in cells))
+  colours = {k: plt.get_cmap("tab20")(i % 20) for i, k in
+             enumerate(dict.fromkeys((c["drafter"], c["block_size"]) for c in cells))}
+  styles = {t: ("-", "--", ":", "-.")[i % 4] for i, t in enumerate(dict.fromkeys(c["temperature"] for c in cells))}
   fig, axes = plt.subplots(1, len(sets), figsize=(max(7.5, 5 * len(sets)), 3.8), squeeze=False)
   for ax, s in zip(axes[0], sets, strict=True):
     for c in (c for c in cells if c["set"] == s):
       y = [np.nan if v is None else v for v in c["conditional"]]
-      ax.plot(range(1, len(y) + 1), y, marker="o", label=f"{c['drafter']} γ={c['block_size']} T={c['temperature']:g}")
+      ax.plot(range(1, len(y) + 1), y, marker="o", color=colours[c["drafter"], c["block_size"]],
+              linestyle=styles[c["temperature"]],
+              label=f"{c['drafter']} γ={c['block_size']} T={c['temperature']:g}")
     ax.set(title=s, xlabel="draft position k", ylabel="P(accept k | accepted k−1)", ylim=(0, 1.05))
     ax.set_xticks(range(1, 1 + max(len(c["conditional"]) for c in cells if c["set"] == s)))
-    ax.legend(fontsize=7)
+  axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the lines stay visible
   fig.suptitle(title, fontsize=10)
   return _save(plt, fig, path)
 
