@@ -173,8 +173,11 @@ def test_ctrl_c_in_any_script_is_one_line_and_exit_130(tmp_path):
   script = tmp_path / "sleeper.py"
   script.write_text("import time\nfrom dsv4 import cli\n\ndef main(argv):\n  print('ready', flush=True)\n"
                     "  time.sleep(120)\n\nif __name__ == '__main__':\n  cli.run(main)\n")
+  # as from a terminal: pytest-xdist's workers ignore SIGINT and a child inherits that, so Python would install no
+  # KeyboardInterrupt handler in it
   proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                          cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   assert proc.stdout.readline().strip() == "ready"
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=60)
