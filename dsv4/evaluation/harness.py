@@ -12,8 +12,9 @@ A run (`evaluate(config)`, driven by `scripts/evaluate.py --config configs/eval/
   3. speedup at `timing.temperatures`: AR and every drafter × γ decoding the whole set, interleaved in one
      `dsv4.benchmarking.time_interleaved` call (≥ 5 repetitions after warm-up, median with spread; a ratio inside
      the noise is refused and reported as such);
-  4. loop efficiency: the round's parts (`dsv4.inference.round_parts`) timed the same way, then measured speedup /
-     (τ · T_AR-step / (T_draft + T_verify)).
+  4. loop efficiency: the round's parts (`dsv4.inference.round_parts`) timed in the same interleaved call as the
+     decodes (timed apart, the machine's drift between two calls was as large as the loop's own cost on a fast
+     target), then measured speedup / (τ · T_AR-step / (T_draft + T_verify)).
   5. τ against τ_prob: the trainer's held-out τ_prob (checkpoint metadata, for the drafter's trained γ; a T = 1
      quantity) beside the measured τ at T = 1 and the same γ, where the run has that cell.
 Outputs (`dsv4.evaluation.eval_report`): console table, results.json, results.csv, TensorBoard scalars, PNG plots,
@@ -271,8 +272,16 @@ def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log, 
   """Speedups of every drafter × γ over AR (and over each transformers peer) on this set, and their loop efficiency
   from the round's parts."""
   from dsv4.inference.round_parts import round_part_timers
-  log(f"  timing {ps.name} at T={temp}: {len(variants)} variants × {config.timing.repeats} repetitions")
-  t = time_interleaved(variants, config.timing.repeats, warmup=config.timing.warmup,
+  iters = config.timing.component_iters
+  parts = {}  # the round's parts, timed in the same interleaved call as the decodes: no drift between the two
+  for d in drafters:
+    for g in gammas[d.name]:
+      timers = round_part_timers(target, d.model, ps.prompts[0], g, config.max_new_tokens, temperature=temp,
+                                 top_k=config.top_k, top_p=config.top_p, iters=iters, prompt_bucket=bucket(config))
+      parts |= {f"{d.name}@{g}/{k}": fn for k, fn in timers.items()}
+  log(f"  timing {ps.name} at T={temp}: {len(variants)} variants and {len(parts)} round parts × "
+      f"{config.timing.repeats} repetitions")
+  t = time_interleaved(variants | parts, config.timing.repeats, warmup=config.timing.warmup,
                        on_high_load=config.timing.on_high_load)
   tokens = next(c["tokens"] for c in cells if c["set"] == ps.name and c["temperature"] == temp)
   out = {"set": ps.name, "temperature": temp, "load": t.load_line(), "seconds": t.to_dict()["seconds"], "rows": [],
@@ -281,7 +290,6 @@ def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log, 
     peer_out = fn()
     out["peers"][p] = {"tokens_per_s": sum(map(len, peer_out)) / t.estimate(p).value,
                        "ar_speedup_over_peer": _ratio(t, p, "ar"), "matches_ar": peer_out == ar_out}
-  iters = config.timing.component_iters
   for d in drafters:
     for g in gammas[d.name]:
       name = f"{d.name}@{g}"
@@ -291,10 +299,7 @@ def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log, 
         sp = t.speedup("ar", name)
       except Refused as e:
         sp = e
-      timers = round_part_timers(target, d.model, ps.prompts[0], g, config.max_new_tokens, temperature=temp,
-                                 top_k=config.top_k, top_p=config.top_p, iters=iters, prompt_bucket=bucket(config))
-      parts = time_interleaved(timers, config.timing.repeats, warmup=1, on_high_load=config.timing.on_high_load)
-      comp = {k: parts.estimate(k).scaled(1.0 / iters) for k in ("ar_step", "draft", "verify")}
+      comp = {k: t.estimate(f"{name}/{k}").scaled(1.0 / iters) for k in ("ar_step", "draft", "verify")}
       pred = predicted_speedup(cell["tau"], comp["ar_step"], comp["draft"], comp["verify"])
       eff = sp if isinstance(sp, Refused) else loop_efficiency(sp, cell["tau"], comp["ar_step"], comp["draft"],
                                                                comp["verify"])
