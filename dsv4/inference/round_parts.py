@@ -3,8 +3,12 @@
 Loop efficiency (DESIGN.md) compares the measured speedup with what the parts predict, τ · T_AR-step /
 (T_draft + T_verify), so the parts are timed apart from the loop, on the same target, drafter, prompt and γ:
   ar_step  one `extend` of one token plus the next token's sampling: what `dsv4.generate` runs per token;
-  draft    the drafter's `propose` of γ drafts from its state (the adapter the loop uses);
+  draft    the drafter's work of a round: its `propose` of γ drafts from its state, then its `commit`, which
+           extends that state from the target's outputs at the verified rows (context K/V of the new taps,
+           EAGLE-3's and MTP's caches): drafter compute the loop pays every round;
   verify   one `extend` of [anchor, d_1..d_γ] with the drafter's taps: the target's half of a round.
+What is left of a round, acceptance, emitting, rollback and the while loop's own bookkeeping, is what loop
+efficiency measures.
 Each runs `iters` times inside one jit (`lax.fori_loop`, so dispatch is paid once, as in the loop), and every
 iteration consumes the previous one's output (the next token, anchor or block) so nothing is loop-invariant and
 XLA cannot hoist the work out of the loop; the caches are rolled back to the prompt after each step. A part's time
@@ -13,6 +17,7 @@ is a timed call / `iters`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -62,17 +67,41 @@ def _verifies(tgraph, tparams, tstate, fed_BN, *, iters, taps):
   return jax.lax.fori_loop(0, iters, body, (tstate, fed_BN))[1]
 
 
+def _depends_on(out, tokens_BG):
+  """`out` with its taps and streams made to depend on this iteration's drafts (adding a zero XLA cannot prove is
+  zero), so that the commit's drafter compute on them is not hoisted out of the timing loop as loop-invariant."""
+  zero_B = (tokens_BG[:, 0] < 0).astype(jnp.float32)  # token ids are ≥ 0
+
+  def touch(x):
+    return None if x is None else x + zero_B.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+  return dataclasses.replace(out, taps_BNLD=touch(out.taps_BNLD), streams_BNHD=touch(out.streams_BNHD))
+
+
 @functools.partial(jax.jit, static_argnames=("dgraph", "adapter", "iters", "temperature", "top_k", "top_p"))
-def _drafts(dgraph, dparams, frozen, dstate, anchor_B, pos_B, *, adapter, iters, temperature, top_k, top_p):
+def _drafts(dgraph, dparams, frozen, dstate, out, anchor_B, pos_B, *, adapter, iters, temperature, top_k, top_p):
   drafter = nnx.merge(dgraph, dparams)
   key = jax.random.key(0)
+  a_B = jnp.zeros_like(pos_B)  # one accepted row or γ: the commit writes all γ + 1 verified rows either way
 
-  def body(i, anchor_B):
+  def body(i, carry):
+    dstate, anchor_B = carry
     prop = adapter.propose(drafter, frozen, dstate, anchor_B, pos_B, jax.random.fold_in(key, i), temperature,
                            top_k, top_p)
-    return prop.tokens_BG[:, -1]
+    fed_BN = jnp.concatenate([anchor_B[:, None], prop.tokens_BG], axis=1)
+    emitted_BN = jnp.concatenate([prop.tokens_BG, anchor_B[:, None]], axis=1)
+    dstate = adapter.commit(drafter, frozen, dstate, _depends_on(out, prop.tokens_BG), fed_BN, emitted_BN, pos_B,
+                            a_B)
+    return dstate, prop.tokens_BG[:, -1]
 
-  return jax.lax.fori_loop(0, iters, body, anchor_B)
+  return jax.lax.fori_loop(0, iters, body, (dstate, anchor_B))[1]
+
+
+@functools.partial(jax.jit, static_argnames=("tgraph", "taps"))
+def _verify_once(tgraph, tparams, tstate, fed_BN, *, taps):
+  """One verify's target outputs, which the draft timer's commits read (a round's commit reads its verify's)."""
+  target = nnx.merge(tgraph, tparams)
+  n_B = jnp.full((fed_BN.shape[0],), fed_BN.shape[1], jnp.int32)
+  return target.extend(tstate, fed_BN, n_B, taps)[0]
 
 
 def round_part_timers(target, drafter, prompt: list[int], gamma: int, max_new_tokens: int, *,
@@ -96,9 +125,10 @@ def round_part_timers(target, drafter, prompt: list[int], gamma: int, max_new_to
   ar_state, _ = prefill(target, [prompt], ar_width + max_new_tokens, ar_width)  # dsv4.generate's cache size
   fed_BN = jnp.broadcast_to(first_B[:, None], (1, gamma + 1)).astype(jnp.int32)
   sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+  verified = _verify_once(tgraph, tparams, tstate, fed_BN, taps=adapter.tap_layers)
   return {
       "ar_step": lambda: _ar_steps(tgraph, tparams, ar_state, first_B, iters=iters, **sampling),
-      "draft": lambda: _drafts(dgraph, dparams, frozen, dstate, first_B, tstate.lengths_B, adapter=adapter,
+      "draft": lambda: _drafts(dgraph, dparams, frozen, dstate, verified, first_B, tstate.lengths_B, adapter=adapter,
                                iters=iters, **sampling),
       "verify": lambda: _verifies(tgraph, tparams, tstate, fed_BN, iters=iters, taps=adapter.tap_layers),
   }
