@@ -49,7 +49,7 @@ def table_lines(results) -> list[str]:
     rows.append([c["set"], c["drafter"], str(c["block_size"]), f"{c['temperature']:g}", f"{c['tau']:.3f}",
                  f"{c['acceptance_rate']:.3f}", str(c["rounds"]), str(c.get("matches_ar", "—")),
                  _fig(r and r["speedup"]), _fig(r and r["loop_efficiency"], suffix=""),
-                 f"{r['predicted_speedup']:.3f}×" if r else "—",
+                 f"{r['predicted_speedup']:.3f}×" if r and r["predicted_speedup"] is not None else "—",
                  f"{r['tokens_per_s_ar']:.1f} / {r['tokens_per_s_spec']:.1f}" if r else "—"])
   lines = markdown_table(["set", "drafter", "γ", "T", "τ", "accept rate", "rounds", "= AR", "speedup",
                           "loop efficiency", "predicted", "tok/s AR / spec"], rows)

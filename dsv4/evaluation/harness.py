@@ -14,7 +14,9 @@ A run (`evaluate(config)`, driven by `scripts/evaluate.py --config configs/eval/
      the noise is refused and reported as such);
   4. loop efficiency: the round's parts (`dsv4.inference.round_parts`) timed in the same interleaved call as the
      decodes (timed apart, the machine's drift between two calls was as large as the loop's own cost on a fast
-     target), then measured speedup / (τ · T_AR-step / (T_draft + T_verify)).
+     target), each at `timing.component_iters` and COMPONENT_LONG times as many iterations, its time per
+     iteration the difference (a call's own dispatch cancels); then measured speedup / (τ · T_AR-step /
+     (T_draft + T_verify)).
   5. τ against τ_prob: the trainer's held-out τ_prob (checkpoint metadata, for the drafter's trained γ; a T = 1
      quantity) beside the measured τ at T = 1 and the same γ, where the run has that cell.
 Outputs (`dsv4.evaluation.eval_report`): console table, results.json, results.csv, TensorBoard scalars, PNG plots,
@@ -33,6 +35,8 @@ from dsv4.benchmarking import Refused, time_interleaved
 from dsv4.errors import ConfigError
 from dsv4.evaluation.prompt_sets import PromptSet, load_prompt_set, renderer, set_spec
 from dsv4.inference.metrics import AcceptanceStats, loop_efficiency, macro_average, predicted_speedup
+
+COMPONENT_LONG = 4  # the round's parts are timed at component_iters and 4 × component_iters iterations
 
 
 @dataclass
@@ -271,8 +275,8 @@ def _run_sets(sets, drafters, gammas, target, config, eos, log, cells: list, tim
 def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log, peers, ar_out) -> dict:
   """Speedups of every drafter × γ over AR (and over each transformers peer) on this set, and their loop efficiency
   from the round's parts."""
-  from dsv4.inference.round_parts import round_part_timers
-  iters = config.timing.component_iters
+  from dsv4.inference.round_parts import per_iteration, round_part_timers
+  iters = (config.timing.component_iters, COMPONENT_LONG * config.timing.component_iters)
   parts = {}  # the round's parts, timed in the same interleaved call as the decodes: no drift between the two
   for d in drafters:
     for g in gammas[d.name]:
@@ -299,17 +303,18 @@ def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log, 
         sp = t.speedup("ar", name)
       except Refused as e:
         sp = e
-      comp = {k: t.estimate(f"{name}/{k}").scaled(1.0 / iters) for k in ("ar_step", "draft", "verify")}
-      pred = predicted_speedup(cell["tau"], comp["ar_step"], comp["draft"], comp["verify"])
-      eff = sp if isinstance(sp, Refused) else loop_efficiency(sp, cell["tau"], comp["ar_step"], comp["draft"],
-                                                               comp["verify"])
+      comp = per_iteration(t, name, *iters)
+      refused = next((v for v in (sp, *comp.values()) if isinstance(v, Refused)), None)
+      pred = None if refused else predicted_speedup(cell["tau"], comp["ar_step"], comp["draft"], comp["verify"])
+      eff = refused or loop_efficiency(sp, cell["tau"], comp["ar_step"], comp["draft"], comp["verify"])
       row = {"drafter": d.name, "block_size": g, "speedup": _cell(sp), "loop_efficiency": _cell(eff),
              "predicted_speedup": pred, "tokens_per_s_ar": tokens / t.estimate("ar").value,
              "tokens_per_s_spec": tokens / t.estimate(name).value,
-             "components_s": {k: v.to_dict() for k, v in comp.items()},
+             "components_s": {k: _cell(v) for k, v in comp.items()},
              "speedup_over_peers": {p: _ratio(t, p, name) for p in peers}}
       out["rows"].append(row)
-      log(f"    {name}: speedup {'refused' if isinstance(sp, Refused) else sp.fmt()}, predicted {pred:.3f}")
+      log(f"    {name}: speedup {'refused' if isinstance(sp, Refused) else sp.fmt()}, predicted "
+          f"{'refused' if pred is None else f'{pred:.3f}'}")
   return out
 
 

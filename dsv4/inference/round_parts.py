@@ -9,10 +9,15 @@ Loop efficiency (DESIGN.md) compares the measured speedup with what the parts pr
   verify   one `extend` of [anchor, d_1..d_γ] with the drafter's taps: the target's half of a round.
 What is left of a round, acceptance, emitting, rollback and the while loop's own bookkeeping, is what loop
 efficiency measures.
-Each runs `iters` times inside one jit (`lax.fori_loop`, so dispatch is paid once, as in the loop), and every
-iteration consumes the previous one's output (the next token, anchor or block) so nothing is loop-invariant and
-XLA cannot hoist the work out of the loop; the caches are rolled back to the prompt after each step. A part's time
-is a timed call / `iters`.
+Each runs n times inside one jit (`lax.fori_loop`, as in the loop), and every iteration consumes the previous
+one's output (the next token, anchor or block) so nothing is loop-invariant and XLA cannot hoist the work out of
+the loop; the caches are rolled back to the prompt after each step.
+
+A part's time is a difference, (T(n_long) − T(n_short)) / (n_long − n_short) per repetition (`per_iteration`), not
+a timed call / n: each call also pays its own dispatch (flattening the models' hundreds of arrays into the jit)
+and setup, ~2.5 ms on `small`, once. Divided by 8 iterations that made a 1.2 ms AR step read 1.7 ms, and the
+prediction it feeds too high (experiments/loop_overhead). The decodes pay that cost once per call as well, AR and
+speculative alike, which the wall-clock speedup keeps.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dsv4.benchmarking import Estimate, Refused, Timings, estimate
 from dsv4.inference.draft_state import adapter_for
 from dsv4.model.decode import rollback
 from dsv4.sampling import row_keys, sample
+
+PARTS = ("ar_step", "draft", "verify")
 
 
 @functools.partial(jax.jit, static_argnames=("tgraph", "dgraph", "adapter", "max_len"))
@@ -105,11 +113,12 @@ def _verify_once(tgraph, tparams, tstate, fed_BN, *, taps):
 
 
 def round_part_timers(target, drafter, prompt: list[int], gamma: int, max_new_tokens: int, *,
-                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, iters: int = 8,
+                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, iters: tuple[int, ...] = (8, 32),
                       prompt_bucket: int = 1) -> dict:
-  """{"ar_step", "draft", "verify"}: no-argument callables each running its part `iters` times (divide a timed
-  call by `iters`). `drafter` as `dsv4.speculative_generate` takes it; `prompt` one prompt's token ids. The caches
-  have the sizes the decoders give them for `max_new_tokens` (attention reads the whole buffer, masked)."""
+  """{f"{part}/{n}"} for each part of `PARTS` and n in `iters`: no-argument callables each running its part n
+  times (`per_iteration` turns two counts' timings into seconds per iteration). `drafter` as
+  `dsv4.speculative_generate` takes it; `prompt` one prompt's token ids. The caches have the sizes the decoders
+  give them for `max_new_tokens` (attention reads the whole buffer, masked)."""
   from dsv4.inference.generate import pad_prompts, padded_width, prefill
   from dsv4.inference.speculative import _unwrap, max_len_for, prompt_width
   module, cfg, frozen = _unwrap(target, drafter)
@@ -126,9 +135,24 @@ def round_part_timers(target, drafter, prompt: list[int], gamma: int, max_new_to
   fed_BN = jnp.broadcast_to(first_B[:, None], (1, gamma + 1)).astype(jnp.int32)
   sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
   verified = _verify_once(tgraph, tparams, tstate, fed_BN, taps=adapter.tap_layers)
-  return {
-      "ar_step": lambda: _ar_steps(tgraph, tparams, ar_state, first_B, iters=iters, **sampling),
-      "draft": lambda: _drafts(dgraph, dparams, frozen, dstate, verified, first_B, tstate.lengths_B, adapter=adapter,
-                               iters=iters, **sampling),
-      "verify": lambda: _verifies(tgraph, tparams, tstate, fed_BN, iters=iters, taps=adapter.tap_layers),
-  }
+  timers = {}
+  for n in iters:
+    timers |= {
+        f"ar_step/{n}": functools.partial(_ar_steps, tgraph, tparams, ar_state, first_B, iters=n, **sampling),
+        f"draft/{n}": functools.partial(_drafts, dgraph, dparams, frozen, dstate, verified, first_B,
+                                        tstate.lengths_B, adapter=adapter, iters=n, **sampling),
+        f"verify/{n}": functools.partial(_verifies, tgraph, tparams, tstate, fed_BN, iters=n,
+                                         taps=adapter.tap_layers),
+    }
+  return timers
+
+
+def per_iteration(timings: Timings, prefix: str, short: int, long: int) -> dict[str, Estimate | Refused]:
+  """Seconds per iteration of each part from the timers `prefix + "/" + round_part_timers key` run at `short` and
+  `long` iterations: (T_long − T_short) / (long − short) per repetition, its median and spread; Refused where a
+  repetition's difference is ≤ 0 (inside the noise)."""
+  out = {}
+  for part in PARTS:
+    d = timings.difference(f"{prefix}/{part}/{long}", f"{prefix}/{part}/{short}", 1.0 / (long - short))
+    out[part] = d if isinstance(d, Refused) else estimate(d, f"{prefix} {part} per iteration")
+  return out

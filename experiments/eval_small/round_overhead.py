@@ -34,6 +34,10 @@ def overhead_table(results) -> list[str]:
              if c["set"] == tm["set"] and c["temperature"] == tm["temperature"]}
     for row in tm["rows"]:
       cell = cells[row["drafter"], row["block_size"]]
+      if any("refused" in v for v in row["components_s"].values()):
+        lines.append(f"| {tm['set']} | {row['drafter']} | {row['block_size']} | {cell['rounds']} | refused: a part's "
+                     "time was inside the noise | | | |")
+        continue
       comp = {k: v["median"] for k, v in row["components_s"].items()}
       prefill = seconds["ar"]["median"] - cell["tokens"] * comp["ar_step"]
       per_round = (seconds[f"{row['drafter']}@{row['block_size']}"]["median"] - prefill) / cell["rounds"]

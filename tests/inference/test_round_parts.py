@@ -50,6 +50,34 @@ def test_the_draft_part_is_propose_then_commit(kind):
                               temperature=0.0, top_k=0, top_p=1.0)
   np.testing.assert_array_equal(np.asarray(timed), np.asarray(by_hand(dp, dstate)))
   # and the timers the evaluation uses run
-  timers = round_parts.round_part_timers(target, drafter, prompt, G, NEW, iters=2)
-  assert set(timers) == {"ar_step", "draft", "verify"}
-  np.testing.assert_array_equal(np.asarray(timers["draft"]()), np.asarray(timed))
+  timers = round_parts.round_part_timers(target, drafter, prompt, G, NEW, iters=(2, 3))
+  assert set(timers) == {f"{part}/{n}" for part in round_parts.PARTS for n in (2, 3)}
+  np.testing.assert_array_equal(np.asarray(timers["draft/2"]()), np.asarray(timed))
+
+
+def _timings(samples):
+  from dsv4.benchmarking import Timings
+  return Timings(samples={k: np.asarray(v, np.float64) for k, v in samples.items()}, order=list(samples),
+                 load_start=(0.0, 0.0, 0.0), load_end=(0.0, 0.0, 0.0), threads=2, warmup=1)
+
+
+def test_per_iteration_cancels_each_calls_own_cost():
+  # calls that take dispatch + n · step, the dispatch varying per repetition: the per-call division is biased by
+  # dispatch / n, the difference is not
+  rng = np.random.default_rng(0)
+  step = {"ar_step": 1.2e-3, "draft": 1.6e-3, "verify": 3.5e-3}
+  dispatch = 2.5e-3 + rng.uniform(0, 1e-4, 7)
+  samples = {f"d@7/{part}/{n}": dispatch + n * t + rng.uniform(0, 1e-5, 7) for part, t in step.items()
+             for n in (8, 32)}
+  got = round_parts.per_iteration(_timings(samples), "d@7", 8, 32)
+  for part, t in step.items():
+    assert abs(got[part].value - t) < 2e-5, (part, got[part].value, t)
+    assert samples[f"d@7/{part}/8"].mean() / 8 > t + 2.5e-4  # what the division by 8 would have reported
+
+
+def test_per_iteration_refuses_a_difference_inside_the_noise():
+  from dsv4.benchmarking import Refused
+  samples = {f"d@7/{part}/{n}": [0.02, 0.03, 0.02, 0.02, 0.02] if n == 8 else [0.025] * 5 for part in
+             round_parts.PARTS for n in (8, 32)}
+  got = round_parts.per_iteration(_timings(samples), "d@7", 8, 32)
+  assert all(isinstance(v, Refused) for v in got.values())
