@@ -246,10 +246,15 @@ def check_load(on_high_load: str = "refuse", limit: float | None = None) -> tupl
 def time_interleaved(variants: Mapping[str, Callable[[], object]], repeats: int = MIN_REPEATS, warmup: int = 1,
                      sync: Callable[[object], object] = block, on_high_load: str = "refuse",
                      load_limit: float | None = None, clock: Callable[[], float] = time.perf_counter,
-                     log: Callable[[str], None] | None = None) -> Timings:
+                     log: Callable[[str], None] | None = None, settle_s: float = 0.0) -> Timings:
   """Times each variant `repeats` times, interleaved A, B, A, B, … after `warmup` untimed calls of each (which
   compile). A variant is a no-argument callable whose result `sync` waits for; a `ProcessVariant` (or any object
-  with `timed_call() -> seconds`) times itself."""
+  with `timed_call() -> seconds`) times itself.
+
+  `settle_s` > 0 (unless on_high_load is "ignore") waits, after the warm-up and for at most that long, until
+  the 1-minute load average is back under the limit: the compiles just run (or the caller's own work before)
+  hold it up for a minute after they end, and the load recorded at the start is then the caller's, not the
+  machine's. The recorded start load is taken when the repetitions begin."""
   if not variants:
     raise ValueError("time_interleaved: no variants to time.")
   if repeats < MIN_REPEATS:
@@ -260,6 +265,8 @@ def time_interleaved(variants: Mapping[str, Callable[[], object]], repeats: int 
       _call(fn, sync, clock)
     if log:
       log(f"warmed up {name}")
+  if settle_s > 0 and on_high_load != "ignore":
+    load_start = _settle(settle_s, high_load() if load_limit is None else load_limit, log)
   samples, order = {k: [] for k in variants}, []
   for r in range(repeats):
     for name, fn in variants.items():
@@ -273,6 +280,18 @@ def time_interleaved(variants: Mapping[str, Callable[[], object]], repeats: int 
                   stacklevel=2)
   return Timings({k: np.asarray(v) for k, v in samples.items()}, order, load_start, load_end, thread_budget(),
                  warmup)
+
+
+def _settle(settle_s: float, limit: float, log, poll_s: float = 2.0) -> tuple[float, float, float]:
+  """Waits up to settle_s seconds for the 1-minute load to fall to `limit`; the load average when it stops."""
+  deadline = time.monotonic() + settle_s
+  load = os.getloadavg()
+  while load[0] > limit and time.monotonic() < deadline:
+    time.sleep(poll_s)
+    load = os.getloadavg()
+  if log:
+    log(f"1-minute load {load[0]:.2f} when the repetitions start")
+  return load
 
 
 def _call(fn, sync, clock) -> float:

@@ -115,6 +115,23 @@ def test_bad_arguments_and_high_load():
     bm.check_load("warn", limit=-1.0)
 
 
+def test_settle_waits_after_the_warm_up_for_the_load_to_fall(monkeypatch):
+  loads = iter([0.5, 3.0, 2.5, 1.0] + [0.9] * 100)  # start check, then the compiles' own load decaying
+  monkeypatch.setattr(bm.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+  naps = []
+  monkeypatch.setattr(bm.time, "sleep", naps.append)
+  t = bm.time_interleaved({"A": lambda: None}, repeats=5, on_high_load="warn", load_limit=1.5, settle_s=60)
+  assert len(naps) == 2 and t.load_start[0] == 1.0  # waited twice, recorded the load the repetitions began at
+  loads = iter([0.5] + [3.0] * 100)  # a load that never falls: give up after settle_s, and say so in the record
+  clock = iter(range(0, 1000, 30))
+  monkeypatch.setattr(bm.time, "monotonic", lambda: next(clock))
+  t = bm.time_interleaved({"A": lambda: None}, repeats=5, on_high_load="warn", load_limit=1.5, settle_s=60)
+  assert t.load_start[0] == 3.0 and len(naps) == 3
+  # and timings that ignore the load do not wait for it
+  bm.time_interleaved({"A": lambda: None}, repeats=5, on_high_load="ignore", load_limit=1.5, settle_s=60)
+  assert len(naps) == 3
+
+
 def test_a_peer_in_its_own_process_times_itself():
   with bm.ProcessVariant(functools.partial, (time.sleep, 0.02), threads=1) as peer:
     t = bm.time_interleaved({"here": lambda: time.sleep(0.005), "there": peer}, repeats=5, on_high_load="ignore")

@@ -53,7 +53,8 @@ def get_config(arg=None):
   c.stop_at_eos = True
   c.out_dir = "runs/eval-small"
   c.timing = ml_collections.ConfigDict(dict(enabled=True, temperatures=(0.0,), repeats=5, warmup=1,
-                                            on_high_load="warn", component_iters=8))
+                                            on_high_load="warn", component_iters=8,
+                                            settle_s=60.0))  # wait out the load of the run's own compiles
   # transformers' greedy generate and prompt-lookup decoding on the same weights, timed in the same run (T = 0)
   c.peers = ml_collections.ConfigDict(dict(enabled=True, prompt_lookup_num_tokens=4))
   if arg == "all":

@@ -88,7 +88,8 @@ def get_config(arg=None):
   c.prompt_bucket = 128
   c.out_dir = str(ROOT / "runs" / ("eval-smollm2-quick" if arg == "quick" else "eval-smollm2-table1"))
   c.timing = ml_collections.ConfigDict(dict(enabled=True, temperatures=(0.0,), repeats=5, warmup=1,
-                                            on_high_load="warn", component_iters=2 if arg == "quick" else 4))
+                                            on_high_load="warn", component_iters=2 if arg == "quick" else 4,
+                                            settle_s=60.0))  # wait out the load of the run's own compiles
   # transformers' generate runs ~0.2 s a token here (Python overhead per layer; dsv4's jitted loop ~35 ms), so
   # timing its two peers on every set would double the run: they are timed on HumanEval (code, where prompt lookup
   # finds the most to copy); `--config.peers.sets='()'` times them on every set

@@ -286,7 +286,7 @@ def _time_set(ps, temp, variants, drafters, gammas, cells, target, config, log, 
   log(f"  timing {ps.name} at T={temp}: {len(variants)} variants and {len(parts)} round parts × "
       f"{config.timing.repeats} repetitions")
   t = time_interleaved(variants | parts, config.timing.repeats, warmup=config.timing.warmup,
-                       on_high_load=config.timing.on_high_load)
+                       on_high_load=config.timing.on_high_load, settle_s=config.timing.get("settle_s", 0.0))
   tokens = next(c["tokens"] for c in cells if c["set"] == ps.name and c["temperature"] == temp)
   out = {"set": ps.name, "temperature": temp, "load": t.load_line(), "seconds": t.to_dict()["seconds"], "rows": [],
          "peers": {}}
