@@ -38,8 +38,8 @@ def main(argv):
 
   from dsv4.configs import model_config
   from dsv4.errors import Dsv4Error
+  from dsv4.io import storage_dtype
   from dsv4.io.hf import save_pretrained
-  from dsv4.model.layers import FrozenState
   from dsv4.training import data_setup, target_export
 
   out = os.path.abspath(_OUT.value)
@@ -58,9 +58,7 @@ def main(argv):
   entropy_train = target_export.split_unigram_entropy(splits.train, model.config.vocab_size)
   entropy_val = target_export.split_unigram_entropy(splits.validation, model.config.vocab_size)
 
-  graphdef, params, frozen = nnx.split(rounded, nnx.Param, FrozenState)
-  stored = nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), nnx.to_pure_dict(params)),
-                     nnx.to_pure_dict(frozen))
+  stored = storage_dtype.with_param_dtype(rounded, dtype)
   # config.json names the tokenizer's own BOS/EOS ids (the model config's defaults need not match them).
   specials = {name: splits.tokenizer.token_to_id(tok) for name, tok in (("bos_token_id", "<|bos|>"),
                                                                         ("eos_token_id", "<|eos|>"))}
@@ -86,7 +84,7 @@ def main(argv):
                    "tokenizer_sha256": manifest.get("tokenizer", {}).get("sha256")},
         "tokens_seen": meta["tokens_seen"], "train_seconds": meta["seconds"],
         "dtype": _DTYPE.value, "weights_bytes": weights_bytes,
-        "params": int(sum(x.size for x in jax.tree.leaves(params))),
+        "params": int(sum(x.size for x in jax.tree.leaves(nnx.state(stored, nnx.Param)))),
         "val_loss_checkpoint_fp32": val_checkpoint, "val_loss": val_exported,
         "unigram_entropy_train": entropy_train, "unigram_entropy_validation": entropy_val,
         "val_loss_over_unigram_entropy": val_exported / entropy_train,

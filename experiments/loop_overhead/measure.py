@@ -138,7 +138,7 @@ def main(argv=None) -> None:
   rows, result, loads = [], {}, []
   for name in args.drafters.split(","):
     gamma, rounds, timers = drafter_timers(target, dsv4.load_drafter(paths[name], target), prompt, -1)
-    t = time_interleaved(timers, args.repeats, warmup=1, on_high_load="warn")
+    t = time_interleaved(timers, args.repeats, warmup=1, on_high_load="warn", settle_s=90.0)
     loads.append(f"{name}: {t.load_line()}")
     per = {"round": t.difference(f"loop/{LONG}", f"loop/{SHORT}", 1.0 / (rounds[LONG] - rounds[SHORT])),
            "ar_token": t.difference(f"ar/{LONG}", f"ar/{SHORT}", 1.0 / (LONG - SHORT))}
