@@ -118,10 +118,12 @@ def test_bad_arguments_and_high_load():
 def test_settle_waits_after_the_warm_up_for_the_load_to_fall(monkeypatch):
   loads = iter([0.5, 3.0, 2.5, 1.0] + [0.9] * 100)  # start check, then the compiles' own load decaying
   monkeypatch.setattr(bm.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
-  naps = []
+  naps, calls = [], []
   monkeypatch.setattr(bm.time, "sleep", naps.append)
-  t = bm.time_interleaved({"A": lambda: None}, repeats=5, on_high_load="warn", load_limit=1.5, settle_s=60)
+  t = bm.time_interleaved({"A": lambda: calls.append(1)}, repeats=5, on_high_load="warn", load_limit=1.5,
+                          settle_s=60)
   assert len(naps) == 2 and t.load_start[0] == 1.0  # waited twice, recorded the load the repetitions began at
+  assert len(calls) == 1 + 1 + 5  # warm-up, warm again after the wait, repetitions
   loads = iter([0.5] + [3.0] * 100)  # a load that never falls: give up after settle_s, and say so in the record
   clock = iter(range(0, 1000, 30))
   monkeypatch.setattr(bm.time, "monotonic", lambda: next(clock))
