@@ -147,12 +147,13 @@ def round_part_timers(target, drafter, prompt: list[int], gamma: int, max_new_to
   return timers
 
 
-def per_iteration(timings: Timings, prefix: str, short: int, long: int) -> dict[str, Estimate | Refused]:
-  """Seconds per iteration of each part from the timers `prefix + "/" + round_part_timers key` run at `short` and
-  `long` iterations: (T_long − T_short) / (long − short) per repetition, its median and spread; Refused where a
-  repetition's difference is ≤ 0 (inside the noise)."""
+def per_iteration(timings: Timings, prefix: str, short: int, long: int,
+                  parts: tuple[str, ...] = PARTS) -> dict[str, Estimate | Refused]:
+  """Seconds per iteration of each of `parts` from the timers `prefix + "/" + round_part_timers key` run at
+  `short` and `long` iterations: (T_long − T_short) / (long − short) per repetition, its median and spread;
+  Refused where a repetition's difference is ≤ 0 (inside the noise)."""
   out = {}
-  for part in PARTS:
+  for part in parts:
     d = timings.difference(f"{prefix}/{part}/{long}", f"{prefix}/{part}/{short}", 1.0 / (long - short))
     out[part] = d if isinstance(d, Refused) else estimate(d, f"{prefix} {part} per iteration")
   return out

@@ -82,6 +82,10 @@ def test_writes_every_output(run):
   assert line["drafters"]["dspark"]["tau_prob"] == 1.5
   timing = saved["timing"][0]["rows"][0]
   assert set(timing["components_s"]) == {"ar_step", "draft", "verify"}
+  # every part timed at two iteration counts (their difference is the time per iteration), the AR step once per set
+  assert {k for k in saved["timing"][0]["seconds"] if "/" in k} == {
+      "shared/ar_step/2", "shared/ar_step/8", "dspark@7/draft/2", "dspark@7/draft/8", "dspark@7/verify/2",
+      "dspark@7/verify/8"}
   assert ("refused" in timing["speedup"]) or timing["speedup"]["n"] >= 5
   greedy = next(c for c in saved["cells"] if c["temperature"] == 0.0)
   assert greedy["matches_ar"] is True  # lossless: greedy speculative output is AR's
