@@ -16,8 +16,8 @@ the loop; the caches are rolled back to the prompt after each step.
 A part's time is a difference, (T(n_long) − T(n_short)) / (n_long − n_short) per repetition (`per_iteration`), not
 a timed call / n: each call also pays its own dispatch (flattening the models' hundreds of arrays into the jit)
 and setup, ~2.5 ms on `small`, once. Divided by 8 iterations that made a 0.9–1.1 ms AR step read 1.3–1.8 ms,
-and the prediction it feeds too high (experiments/loop_overhead). The decodes pay that cost once per call as well, AR and
-speculative alike, which the wall-clock speedup keeps.
+and the prediction it feeds too high (experiments/loop_overhead). The decodes pay that cost once per call as
+well, AR and speculative alike, which the wall-clock speedup keeps.
 """
 
 from __future__ import annotations
