@@ -12,8 +12,8 @@ from flax import nnx
 from dsv4.io.storage_dtype import safetensors_dtype
 from dsv4.io.target import load_target
 from dsv4.model.layers import FrozenState
-from dsv4.training import pretrain_loop, target_export
-from tests.training.test_train_target import REPO, _env, _tiny_config
+from dsv4.training import target_export
+from tests.training.test_train_target import REPO, _command, _env
 
 
 def _leaves(model, kind):
@@ -24,7 +24,11 @@ def _leaves(model, kind):
 @pytest.mark.slow  # two training steps and an export with its validation passes
 def test_the_export_holds_the_checkpoint_rounded_to_the_asked_dtype(tmp_path, tiny_corpus):
   run, out = tmp_path / "run", tmp_path / "export"
-  pretrain_loop.run(_tiny_config(tiny_corpus, steps=2, checkpoint_every=2, async_checkpoints=False), run)
+  trained = subprocess.run(_command(run, tiny_corpus)[:-7] + [
+      "--config.train.steps=2", "--config.train.checkpoint_every=2", "--config.train.eval_every=2",
+      "--config.train.eval_batches=1", "--config.train.batch_size=8", "--config.data.seq_len=256"],
+      env=_env(), capture_output=True, text=True, timeout=600)  # its own process, as a user runs it
+  assert trained.returncode == 0, trained.stderr[-2000:]
   done = subprocess.run([sys.executable, str(REPO / "scripts/export_target.py"), "--workdir", str(run), "--out",
                          str(out), "--dtype", "bfloat16"], env=_env(), capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
