@@ -24,11 +24,11 @@ def _leaves(model, kind):
 @pytest.mark.slow  # two training steps and an export with its validation passes
 def test_the_export_holds_the_checkpoint_rounded_to_the_asked_dtype(tmp_path, tiny_corpus):
   run, out = tmp_path / "run", tmp_path / "export"
-  trained = subprocess.run(_command(run, tiny_corpus)[:-7] + [
+  training = subprocess.run(_command(run, tiny_corpus)[:-7] + [
       "--config.train.steps=2", "--config.train.checkpoint_every=2", "--config.train.eval_every=2",
       "--config.train.eval_batches=1", "--config.train.batch_size=8", "--config.data.seq_len=256"],
       env=_env(), capture_output=True, text=True, timeout=600)  # its own process, as a user runs it
-  assert trained.returncode == 0, trained.stderr[-2000:]
+  assert training.returncode == 0, training.stderr[-2000:]
   done = subprocess.run([sys.executable, str(REPO / "scripts/export_target.py"), "--workdir", str(run), "--out",
                          str(out), "--dtype", "bfloat16"], env=_env(), capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
@@ -42,5 +42,6 @@ def test_the_export_holds_the_checkpoint_rounded_to_the_asked_dtype(tmp_path, ti
     rounded = w.astype(jax.numpy.bfloat16).astype(w.dtype)
     np.testing.assert_array_equal(got[name], rounded, err_msg=name)
   assert any(not np.array_equal(w, got[name]) for name, w in want.items())  # the rounding did happen
+  exported_state = _leaves(exported, FrozenState)
   for name, w in _leaves(trained, FrozenState).items():  # routing state is not a weight: not rounded
-    np.testing.assert_array_equal(_leaves(exported, FrozenState)[name], w, err_msg=name)
+    np.testing.assert_array_equal(exported_state[name], w, err_msg=name)
